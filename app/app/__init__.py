@@ -1,0 +1,3 @@
+"""AI R&D assistant backend: projects, documents, semantic search and answers."""
+
+__version__ = "1.0.0"

@@ -1,0 +1,183 @@
+"""All settings, read from the environment (pydantic-settings).
+
+Variable names are the upper-case field names (``DATABASE_URL`` ...). With
+``ENVIRONMENT=production`` construction fails on missing or placeholder secrets,
+naming the offending variable, so neither the API, the workers nor the CLI start.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_SECRET_LENGTH = 32
+_PLACEHOLDERS = ("changeme", "change-me", "change_me", "your-secret-key", "your_secret_key",
+                 "secret", "placeholder", "example", "xxx", "todo", "default")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    environment: Literal["development", "test", "staging", "production"] = "development"
+    log_level: str = "INFO"
+
+    # PostgreSQL (psycopg 3 through SQLAlchemy: postgresql+psycopg://...)
+    database_url: str = "postgresql+psycopg://ai_platform@127.0.0.1:5432/ai_platform"
+    database_read_url: str | None = None
+    database_pool_size: int = Field(default=5, ge=1)
+    database_max_overflow: int = Field(default=10, ge=0)
+    database_connect_timeout: int = Field(default=5, ge=1)
+
+    # Redis and Celery
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    celery_broker_url: str | None = None  # defaults to REDIS_URL
+    celery_result_backend: str | None = None  # defaults to REDIS_URL
+    celery_visibility_timeout: int = Field(default=3600, ge=10)
+    index_max_retries: int = Field(default=5, ge=0)
+    index_retry_backoff_seconds: float = Field(default=5.0, gt=0)
+    index_retry_backoff_max_seconds: float = Field(default=300.0, gt=0)
+    reconcile_interval_seconds: int = Field(default=900, ge=10)
+    purge_interval_seconds: int = Field(default=3600, ge=10)
+    stuck_upload_retention_hours: float = Field(default=24.0, gt=0)
+    failed_upload_retention_hours: float = Field(default=168.0, gt=0)
+    stuck_requeue_after_minutes: float = Field(default=30.0, gt=0)
+
+    # Secrets
+    secret_key: SecretStr = SecretStr("")
+    jwt_secret_key: SecretStr | None = None  # defaults to SECRET_KEY
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    jwt_access_token_expire_minutes: int = Field(default=30, ge=1)
+    encryption_key: SecretStr | None = None  # Fernet key for provider API keys
+
+    # Answer providers (OpenAI-compatible chat completions); optional
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_model: str = "gpt-4o-mini"
+    deepseek_api_key: SecretStr | None = None
+    deepseek_base_url: str = "https://api.deepseek.com/v1"
+    deepseek_model: str = "deepseek-chat"
+    llm_timeout_seconds: float = Field(default=20.0, gt=0)
+
+    # Uploads and indexing
+    max_file_size: int = Field(default=52_428_800, ge=1)
+    chunk_size: int = Field(default=800, ge=100)
+    chunk_overlap: int = Field(default=150, ge=0)
+
+    # Embeddings (local ONNX all-MiniLM-L6-v2)
+    embedding_model_dir: Path | None = None  # directory with model.onnx + tokenizer.json
+    embedding_batch_size: int = Field(default=32, ge=1)
+    embedding_threads: int = Field(default=1, ge=0)  # 0 = onnxruntime default (all cores)
+
+    # ChromaDB server
+    chroma_url: str = "http://127.0.0.1:8000"
+    chroma_token: SecretStr | None = None
+    chroma_auth_header: str = "Authorization"  # "Authorization" -> "Bearer <token>"
+    chroma_collection: str = "ai_platform_chunks"
+
+    health_timeout_seconds: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
+        if self.environment == "production":
+            problems = production_problems(self)
+            if problems:
+                raise ValueError("refusing to start in production: " + "; ".join(problems))
+        return self
+
+    # Derived values -------------------------------------------------------
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def result_backend(self) -> str:
+        return self.celery_result_backend or self.redis_url
+
+    @property
+    def jwt_key(self) -> str:
+        key = self.jwt_secret_key.get_secret_value() if self.jwt_secret_key else ""
+        return key or self.secret_key.get_secret_value() or _dev_secret()
+
+    @property
+    def fernet_key(self) -> bytes:
+        """The Fernet key; outside production a key derived from SECRET_KEY if unset."""
+        if self.encryption_key and self.encryption_key.get_secret_value():
+            return self.encryption_key.get_secret_value().encode()
+        seed = (self.secret_key.get_secret_value() or _dev_secret()).encode()
+        return base64.urlsafe_b64encode(hashlib.sha256(b"fernet:" + seed).digest())
+
+    @property
+    def chroma_host_port_ssl(self) -> tuple[str, int, bool]:
+        parts = urlsplit(self.chroma_url)
+        ssl = parts.scheme == "https"
+        return parts.hostname or "127.0.0.1", parts.port or (443 if ssl else 8000), ssl
+
+    @property
+    def chroma_headers(self) -> dict[str, str]:
+        if not self.chroma_token or not self.chroma_token.get_secret_value():
+            return {}
+        token = self.chroma_token.get_secret_value()
+        if self.chroma_auth_header.lower() == "authorization":
+            return {"Authorization": f"Bearer {token}"}
+        return {self.chroma_auth_header: token}
+
+
+def _dev_secret() -> str:
+    # Only reachable outside production (production requires real secrets).
+    return "development-only-insecure-secret-key-0000"
+
+
+def _secret_problem(name: str, value: str | None) -> str | None:
+    if not value:
+        return f"{name} is missing"
+    low = value.strip().lower()
+    if any(low.startswith(p) for p in _PLACEHOLDERS):
+        return f"{name} is a placeholder value"
+    if len(value) < MIN_SECRET_LENGTH:
+        return f"{name} is shorter than {MIN_SECRET_LENGTH} characters"
+    return None
+
+
+def _fernet_problem(name: str, value: str | None) -> str | None:
+    if not value:
+        return f"{name} is missing"
+    try:
+        raw = base64.urlsafe_b64decode(value.encode())
+    except (binascii.Error, ValueError):
+        return f"{name} is not a valid Fernet key (urlsafe base64 of 32 bytes)"
+    if len(raw) != 32:
+        return f"{name} is not a valid Fernet key (urlsafe base64 of 32 bytes)"
+    return None
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def production_problems(s: Settings) -> list[str]:
+    """Every reason the settings are unfit for production, each naming its variable."""
+    problems = [
+        _secret_problem("SECRET_KEY", _secret(s.secret_key)),
+        _fernet_problem("ENCRYPTION_KEY", _secret(s.encryption_key)),
+    ]
+    if s.jwt_secret_key is not None:
+        problems.append(_secret_problem("JWT_SECRET_KEY", _secret(s.jwt_secret_key)))
+    password = urlsplit(s.database_url.replace("+psycopg", "")).password
+    if password is not None and _secret_problem("x", password) == "x is a placeholder value":
+        problems.append("DATABASE_URL contains a placeholder password")
+    return [p for p in problems if p]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,192 @@
+"""Indexing and housekeeping logic, free of Celery so it can be called directly.
+
+Status of a document: pending -> indexing -> ready | failed (with ``error``).
+Indexing is idempotent: vector ids are ``<document_id>:<chunk_index>`` and a run first
+removes the document's old vectors, so a repeated or redelivered run converges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, select, text, update
+
+from app.config import Settings
+from app.db import Database
+from app.embeddings import Embedder
+from app.log import get_logger
+from app.models import Document, DocumentContent, DocumentStatus
+from app.textproc import ExtractionError, chunk_text, extract
+from app.vectorstore import VectorStore, VectorStoreUnavailable
+
+log = get_logger("app.indexing")
+
+
+class PermanentIndexingError(Exception):
+    """Retrying cannot help (bad or empty document)."""
+
+
+def _lock_key(document_id: uuid.UUID) -> int:
+    # Signed 64-bit advisory lock key derived from the document id.
+    return int.from_bytes(hashlib.blake2b(document_id.bytes, digest_size=8).digest(), "big",
+                          signed=True)
+
+
+def index_document(
+    document_id: uuid.UUID, db: Database, store: VectorStore, embedder: Embedder,
+    settings: Settings,
+) -> str:
+    """Index one document. Returns an outcome word; raises on transient failures."""
+    with db.engine.connect() as lock_conn:
+        got = lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                                {"k": _lock_key(document_id)}).scalar()
+        lock_conn.commit()
+        if not got:
+            log.info("index_skipped_busy", document_id=str(document_id))
+            return "busy"
+        try:
+            return _index_locked(document_id, db, store, embedder, settings)
+        finally:
+            try:
+                lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"),
+                                  {"k": _lock_key(document_id)})
+                lock_conn.commit()
+            except Exception:  # connection lost: the lock went with it
+                lock_conn.invalidate()
+
+
+def _index_locked(
+    document_id: uuid.UUID, db: Database, store: VectorStore, embedder: Embedder,
+    settings: Settings,
+) -> str:
+    with db.session() as s:
+        doc = s.get(Document, document_id, with_for_update=True)
+        if doc is None:
+            store.delete_document(str(document_id))
+            return "missing"
+        if doc.status == DocumentStatus.ready:
+            return "already-ready"
+        doc.status = DocumentStatus.indexing
+        doc.attempts += 1
+        doc.error = None
+        project_id, kind = str(doc.project_id), doc.kind
+        data = s.scalar(select(DocumentContent.data).where(
+            DocumentContent.document_id == document_id))
+    if data is None:
+        raise PermanentIndexingError("stored content is missing")
+
+    try:
+        extracted = extract(bytes(data), kind)
+    except ExtractionError as exc:
+        raise PermanentIndexingError(str(exc)) from exc
+    chunks = chunk_text(extracted.text, settings.chunk_size, settings.chunk_overlap)
+    if not chunks:
+        raise PermanentIndexingError("document contains no text")
+    texts = [c.text for c in chunks]
+    vectors = embedder.embed(texts)
+    extra = [{"page": extracted.page_of(c.start), "start": c.start} for c in chunks]
+    store.replace_document(project_id, str(document_id), texts, vectors, extra)
+
+    with db.session() as s:
+        doc = s.get(Document, document_id, with_for_update=True)
+        if doc is None:  # deleted while we worked: leave no vectors behind
+            store.delete_document(str(document_id))
+            return "deleted-meanwhile"
+        doc.status = DocumentStatus.ready
+        doc.chunk_count = len(chunks)
+        doc.indexed_at = datetime.now(UTC)
+        doc.error = None
+    log.info("document_indexed", document_id=str(document_id), chunks=len(chunks))
+    return "ready"
+
+
+def set_status(db: Database, document_id: uuid.UUID, status: DocumentStatus,
+               error: str | None) -> None:
+    with db.session() as s:
+        s.execute(update(Document).where(Document.id == document_id)
+                  .values(status=status, error=error[:2000] if error else None))
+
+
+@dataclass
+class PurgeResult:
+    deleted: list[str] = field(default_factory=list)
+
+
+def purge_documents(db: Database, store: VectorStore, settings: Settings) -> PurgeResult:
+    """Delete uploads stuck (pending/indexing) or failed for longer than their retention."""
+    now = datetime.now(UTC)
+    stuck_before = now - timedelta(hours=settings.stuck_upload_retention_hours)
+    failed_before = now - timedelta(hours=settings.failed_upload_retention_hours)
+    with db.session() as s:
+        ids = list(s.scalars(
+            delete(Document)
+            .where(
+                ((Document.status == DocumentStatus.failed)
+                 & (Document.updated_at < failed_before))
+                | (Document.status.in_([DocumentStatus.pending, DocumentStatus.indexing])
+                   & (Document.updated_at < stuck_before))
+            )
+            .returning(Document.id)
+        ))
+    result = PurgeResult([str(i) for i in ids])
+    for doc_id in result.deleted:
+        try:
+            store.delete_document(doc_id)
+        except VectorStoreUnavailable:
+            break  # the next reconcile run removes the orphans
+    if ids:
+        log.info("documents_purged", count=len(ids))
+    return result
+
+
+@dataclass
+class ReconcileResult:
+    requeued: list[str] = field(default_factory=list)
+    reindexed: list[str] = field(default_factory=list)
+    orphan_vectors_deleted: int = 0
+
+
+def reconcile(db: Database, store: VectorStore, settings: Settings) -> ReconcileResult:
+    """Bring ChromaDB in line with PostgreSQL.
+
+    * ready documents whose vectors are missing (count differs) go back to pending;
+    * vectors of documents that no longer exist are deleted;
+    * documents pending/indexing for too long are handed out again.
+    The caller enqueues ``requeued + reindexed``.
+    """
+    result = ReconcileResult()
+    # Vectors first, documents second: a vector is only written after its row committed,
+    # so a vector whose document is absent from the later read is a true orphan.
+    counts: dict[str, int] = {}
+    orphan_candidates: dict[str, list[str]] = {}
+    for vid, doc_id in store.iter_ids_by_document():
+        counts[doc_id] = counts.get(doc_id, 0) + 1
+        orphan_candidates.setdefault(doc_id, []).append(vid)
+
+    stale_before = datetime.now(UTC) - timedelta(minutes=settings.stuck_requeue_after_minutes)
+    with db.session() as s:
+        rows = s.execute(select(Document.id, Document.status, Document.chunk_count,
+                                Document.updated_at)).all()
+        known = {str(r.id) for r in rows}
+        for r in rows:
+            doc_id = str(r.id)
+            if r.status == DocumentStatus.ready and counts.get(doc_id, 0) != r.chunk_count:
+                s.execute(update(Document).where(Document.id == r.id)
+                          .values(status=DocumentStatus.pending,
+                                  error="vectors missing; re-indexing"))
+                result.reindexed.append(doc_id)
+            elif (r.status in (DocumentStatus.pending, DocumentStatus.indexing)
+                  and r.updated_at < stale_before):
+                result.requeued.append(doc_id)
+
+    orphans = [vid for doc_id, vids in orphan_candidates.items() if doc_id not in known
+               for vid in vids]
+    if orphans:
+        store.delete_ids(orphans)
+    result.orphan_vectors_deleted = len(orphans)
+    log.info("reconciled", reindexed=len(result.reindexed), requeued=len(result.requeued),
+             orphan_vectors_deleted=len(orphans))
+    return result

@@ -1,0 +1,134 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Password = Annotated[str, Field(min_length=8, max_length=1024)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RegisterIn(Strict):
+    email: EmailStr
+    password: Password
+
+
+class LoginIn(Strict):
+    email: EmailStr
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    email: str
+    is_admin: bool
+    created_at: datetime
+
+
+class ProjectIn(Strict):
+    name: Name
+    description: Annotated[str | None, Field(max_length=2000)] = None
+
+
+class ProjectPatch(Strict):
+    name: Name | None = None
+    description: Annotated[str | None, Field(max_length=2000)] = None
+
+
+class ProjectOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    description: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class DocumentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    project_id: uuid.UUID
+    filename: str
+    content_type: str
+    kind: str
+    size_bytes: int
+    sha256: str
+    status: str
+    error: str | None
+    chunk_count: int
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    indexed_at: datetime | None
+
+
+class SearchIn(Strict):
+    query: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                            max_length=2000)]
+    top_k: Annotated[int, Field(ge=1, le=50)] = 5
+
+
+class SearchHit(BaseModel):
+    document_id: uuid.UUID
+    filename: str
+    chunk_index: int
+    page: int | None
+    score: float
+    snippet: str
+
+
+class SearchOut(BaseModel):
+    query: str
+    results: list[SearchHit]
+
+
+class AskIn(Strict):
+    question: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                               max_length=2000)]
+    top_k: Annotated[int, Field(ge=1, le=20)] = 5
+    provider_id: uuid.UUID | None = None
+
+
+class AskOut(BaseModel):
+    answer: str
+    mode: Literal["generative", "extractive"]
+    provider: str | None = None
+    provider_error: str | None = None
+    sources: list[SearchHit]
+
+
+class ProviderIn(Strict):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    base_url: AnyHttpUrl
+    model: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                            max_length=200)]
+    api_key: Annotated[str, Field(min_length=1, max_length=1000)]
+    shared: bool = False  # admins only: offered to every user without a provider of their own
+
+
+class ProviderOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    base_url: str
+    model: str
+    shared: bool
+    api_key_hint: str
+    created_at: datetime

@@ -1,0 +1,145 @@
+"""Celery application and tasks (``celery -A app.tasks.celery_app worker|beat``).
+
+Reliability: tasks are acknowledged only after they finish (acks_late) and a task whose
+worker process dies is put back on the queue (reject_on_worker_lost); if the whole worker
+host dies, Redis hands the unacknowledged message out again after the visibility timeout.
+Transient failures retry with exponential backoff; documents that cannot be read fail at
+once with a reason.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+from celery import Celery, Task, signals
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.config import get_settings
+from app.db import get_database
+from app.log import configure_logging, get_logger
+from app.models import DocumentStatus
+
+settings = get_settings()
+log = get_logger("app.tasks")
+
+celery_app = Celery("ai_platform", broker=settings.broker_url, backend=settings.result_backend)
+celery_app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_track_started=True,
+    worker_prefetch_multiplier=1,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_expires=86_400,
+    timezone="UTC",
+    enable_utc=True,
+    broker_connection_retry_on_startup=True,
+    broker_connection_timeout=3,
+    broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout},
+    result_backend_transport_options={"visibility_timeout": settings.celery_visibility_timeout},
+    task_publish_retry_policy={
+        "max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1,
+    },
+    worker_hijack_root_logger=False,
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    beat_schedule={
+        "purge-stale-uploads": {
+            "task": "app.tasks.purge_documents",
+            "schedule": float(settings.purge_interval_seconds),
+        },
+        "reconcile-vectors": {
+            "task": "app.tasks.reconcile_vectors",
+            "schedule": float(settings.reconcile_interval_seconds),
+        },
+    },
+)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:  # replaces Celery's own logging setup
+    configure_logging(settings.log_level)
+
+
+def _backoff(retries: int) -> float:
+    base = settings.index_retry_backoff_seconds * (2**retries)
+    return min(base, settings.index_retry_backoff_max_seconds) * random.uniform(0.8, 1.2)
+
+
+def _store() -> Any:
+    from app.vectorstore import get_vector_store
+
+    return get_vector_store(settings)
+
+
+@celery_app.task(name="app.tasks.index_document", bind=True,
+                 max_retries=settings.index_max_retries)
+def index_document(self: Task, document_id: str) -> str:
+    from app import indexing
+    from app.embeddings import ModelNotFound, get_embedder
+    from app.vectorstore import VectorStoreUnavailable
+
+    doc_id = uuid.UUID(document_id)
+    db = get_database()
+    try:
+        return indexing.index_document(doc_id, db, _store(), get_embedder(), settings)
+    except indexing.PermanentIndexingError as exc:
+        log.warning("index_failed", document_id=document_id, reason=str(exc))
+        indexing.set_status(db, doc_id, DocumentStatus.failed, str(exc))
+        return "failed"
+    except (VectorStoreUnavailable, SQLAlchemyError, ModelNotFound, OSError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        if self.request.retries >= (self.max_retries or 0):
+            log.error("index_gave_up", document_id=document_id, reason=reason)
+            _try_set_status(doc_id, DocumentStatus.failed,
+                            f"indexing failed after {self.request.retries + 1} attempts: "
+                            f"{reason}")
+            return "failed"
+        countdown = _backoff(self.request.retries)
+        log.warning("index_retry", document_id=document_id, reason=reason,
+                    retry_in_s=round(countdown, 1), attempt=self.request.retries + 1)
+        _try_set_status(doc_id, DocumentStatus.pending, f"retrying after error: {reason}")
+        raise self.retry(exc=exc, countdown=countdown) from exc
+
+
+def _try_set_status(doc_id: uuid.UUID, status: DocumentStatus, error: str) -> None:
+    from app import indexing
+
+    try:
+        indexing.set_status(get_database(), doc_id, status, error)
+    except SQLAlchemyError:
+        log.warning("status_update_failed", document_id=str(doc_id))
+
+
+@celery_app.task(name="app.tasks.purge_documents")
+def purge_documents() -> dict[str, int]:
+    from app import indexing
+
+    result = indexing.purge_documents(get_database(), _store(), settings)
+    return {"deleted": len(result.deleted)}
+
+
+@celery_app.task(name="app.tasks.reconcile_vectors")
+def reconcile_vectors() -> dict[str, int]:
+    from app import indexing
+
+    result = indexing.reconcile(get_database(), _store(), settings)
+    for doc_id in result.reindexed + result.requeued:
+        index_document.delay(doc_id)
+    return {
+        "reindexed": len(result.reindexed),
+        "requeued": len(result.requeued),
+        "orphan_vectors_deleted": result.orphan_vectors_deleted,
+    }
+
+
+def enqueue_index(document_id: uuid.UUID) -> bool:
+    """Queue indexing; False when the broker is unreachable (reconcile retries later)."""
+    try:
+        index_document.apply_async(args=[str(document_id)])
+        return True
+    except Exception as exc:  # broker down: the document stays pending
+        log.warning("enqueue_failed", document_id=str(document_id), error=type(exc).__name__)
+        return False

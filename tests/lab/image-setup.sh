@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Turns a debootstrapped tree into a lab host image: what a freshly installed
+# Debian server has that minbase lacks, plus the lab's SSH key and apt relay.
+# Usage: image-setup.sh ROOTFS SUITE ARCHIVE_URI SECURITY_URI APT_PROXY SSH_PUBKEY
+set -euo pipefail
+root=$1 suite=$2 archive=$3 security=$4 proxy=$5 pubkey=$6
+
+cat > "$root/etc/apt/sources.list" <<SRC
+deb $archive $suite main
+deb $archive $suite-updates main
+deb $security $suite-security main
+SRC
+# The lab's hosts reach apt only through the relay inside the lab's namespace.
+printf 'Acquire::http::Proxy "%s";\n' "$proxy" > "$root/etc/apt/apt.conf.d/01lab-proxy"
+printf 'APT::Install-Recommends "false";\n' > "$root/etc/apt/apt.conf.d/02lab-norecommends"
+rm -f "$root"/var/cache/apt/archives/*.deb
+
+# An empty machine-id: systemd makes one at first boot (a missing file makes it degraded).
+: > "$root/etc/machine-id"
+rm -f "$root/var/lib/dbus/machine-id"
+
+# SSH: key login for root; host keys made per host at first boot, not shared by the image.
+install -d -m 0700 "$root/root/.ssh"
+printf '%s\n' "$pubkey" > "$root/root/.ssh/authorized_keys"
+chmod 0600 "$root/root/.ssh/authorized_keys"
+rm -f "$root"/etc/ssh/ssh_host_*
+install -d "$root/etc/systemd/system/ssh.service.d"
+cat > "$root/etc/systemd/system/ssh.service.d/lab-hostkeys.conf" <<'UNIT'
+[Service]
+ExecStartPre=
+ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/sbin/sshd -t
+UNIT
+ln -sf /lib/systemd/system/ssh.service "$root/etc/systemd/system/multi-user.target.wants/ssh.service"
+
+# Units that have no meaning in a container.
+for unit in getty@tty1.service console-getty.service systemd-firstboot.service \
+            systemd-remount-fs.service sys-kernel-config.mount sys-kernel-debug.mount \
+            sys-kernel-tracing.mount systemd-udevd.service systemd-udev-trigger.service \
+            systemd-modules-load.service; do
+  ln -sf /dev/null "$root/etc/systemd/system/$unit"
+done
