@@ -22,6 +22,7 @@ its image ``lab_image`` (default debian12) and its network ``lab_network``.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import glob
 import hashlib
 import json
@@ -166,6 +167,14 @@ def netns_exists() -> bool:
 
 
 def engine_up() -> None:
+    """Idempotent; serialised with a lock so that parallel runs start one engine."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "engine.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _engine_up()
+
+
+def _engine_up() -> None:
     for d in (RUN, CACHE / "logs", CACHE / "acng" / "cache", CACHE / "acng" / "conf", CACHE / "docker"):
         d.mkdir(parents=True, exist_ok=True)
     if not netns_exists():
