@@ -166,12 +166,19 @@ def netns_exists() -> bool:
     return Path(f"/run/netns/{NETNS}").exists()
 
 
+def locked(fn):
+    """Serialise with a lock file, so that parallel runs start one engine and build an image once."""
+    def wrapper(*args, **kw):
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with open(CACHE / "engine.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return fn(*args, **kw)
+    return wrapper
+
+
+@locked
 def engine_up() -> None:
-    """Idempotent; serialised with a lock so that parallel runs start one engine."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / "engine.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        _engine_up()
+    _engine_up()
 
 
 def _engine_up() -> None:
@@ -315,6 +322,7 @@ def image_recipe(name: str) -> str:
     return h.hexdigest()[:16]
 
 
+@locked
 def image_build(name: str, force: bool = False) -> None:
     tag = f"{LABEL}/{name}:latest"
     recipe = image_recipe(name)
