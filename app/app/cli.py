@@ -1,0 +1,160 @@
+"""``ai-platform`` console script.
+
+Every subcommand ends with one marker line that automation can match:
+  migrate       ->  "migrate: changed (...)"        or "migrate: no change (...)"
+  create-admin  ->  "create-admin: created <email>" / "updated" / "no change"
+  check-config  ->  "check-config: ok (...)"        or "check-config: FAILED" (exit 1)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from app import __version__
+
+if TYPE_CHECKING:
+    from app.config import Settings
+
+
+def _settings(command: str) -> Settings:
+    """Settings from the environment, or exit 1 with one line per problem."""
+    from pydantic import ValidationError
+
+    from app.config import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]).upper()
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            print(f"config error: {where + ': ' if where else ''}{msg}", file=sys.stderr)
+        print(f"{command}: FAILED", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from app import migrate
+
+    settings = _settings("migrate")
+    cfg = migrate.alembic_config(settings.database_url)
+    if args.sql:
+        from alembic import command
+
+        command.upgrade(cfg, "head", sql=True)
+        return 0
+    applied = migrate.upgrade(cfg, "head")
+    head = migrate.head_revision(cfg)
+    for a in applied:
+        print(f"applied {a.revision}: {a.message}")
+    if applied:
+        print(f"migrate: changed ({len(applied)} revision(s) applied, now at {head})")
+    else:
+        print(f"migrate: no change (already at {head})")
+    return 0
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_file:
+        password = Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+    else:
+        password = os.environ.get(args.password_env, "")
+        if not password:
+            raise SystemExit(f"create-admin: environment variable {args.password_env} is empty")
+    if len(password) < 8:
+        raise SystemExit("create-admin: password must have at least 8 characters")
+    return password
+
+
+def cmd_create_admin(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from app.db import Database
+    from app.models import User
+    from app.security import hash_password, verify_password
+
+    password = _read_password(args)
+    email = args.email.strip().lower()
+    if "@" not in email:
+        raise SystemExit("create-admin: invalid email")
+    db = Database(_settings("create-admin"))
+    try:
+        with db.session() as s:
+            user = s.scalar(select(User).where(User.email == email).with_for_update())
+            if user is None:
+                s.add(User(email=email, password_hash=hash_password(password), is_admin=True))
+                outcome = "created"
+            else:
+                changed = False
+                if not user.is_admin or not user.is_active:
+                    user.is_admin = user.is_active = True
+                    changed = True
+                if not verify_password(user.password_hash, password):
+                    user.password_hash = hash_password(password)
+                    changed = True
+                outcome = "updated" if changed else "no change"
+    finally:
+        db.dispose()
+    print(f"create-admin: {outcome} {email}")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from app.config import production_problems
+
+    settings = _settings("check-config")  # exits 1 naming the variables in production
+    problems = production_problems(settings) if args.strict else []
+    for p in problems:
+        print(f"config error: {p}", file=sys.stderr)
+    if problems:
+        print("check-config: FAILED", file=sys.stderr)
+        return 1
+    print(f"check-config: ok (environment={settings.environment})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ai-platform", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"ai-platform {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("migrate", help="alembic upgrade head; prints applied revisions")
+    p.add_argument("--sql", action="store_true", help="print the SQL instead (offline)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("create-admin", help="create or update an admin account (idempotent)")
+    p.add_argument("--email", required=True)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--password-file", help="file whose first line is the password")
+    group.add_argument("--password-env", help="name of an environment variable with it")
+    p.set_defaults(func=cmd_create_admin)
+
+    p = sub.add_parser("check-config", help="validate settings (refuses unsafe production)")
+    p.add_argument("--strict", action="store_true",
+                   help="apply the production secret checks whatever ENVIRONMENT says")
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SystemExit:
+        raise
+    except Exception as exc:
+        from app.log import redact_text
+
+        print(f"{args.command}: error: {redact_text(f'{type(exc).__name__}: {exc}')}",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

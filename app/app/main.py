@@ -1,0 +1,75 @@
+"""The ASGI application: ``uvicorn app.main:app``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from app import __version__
+from app.api import auth, documents, health, projects, providers, search
+from app.config import Settings, get_settings
+from app.db import Database
+from app.log import configure_logging, get_logger
+from app.middleware import RequestContextMiddleware
+
+log = get_logger("app.main")
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()  # production refuses placeholder secrets here
+    configure_logging(settings.log_level)
+    db = Database(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        log.info("startup", version=__version__, environment=settings.environment)
+        yield
+        db.dispose()
+
+    app = FastAPI(
+        title="AI R&D assistant",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.db = db
+
+    # Middleware: the outermost is added last. Metrics middleware can go right here.
+    app.add_middleware(RequestContextMiddleware)
+
+    for router in (auth.router, auth.users_router, projects.router, documents.router,
+                   search.router, providers.router):
+        app.include_router(router, prefix=API_PREFIX)
+    app.include_router(health.router)
+    app.include_router(health.router, prefix=API_PREFIX, include_in_schema=False)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def db_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.error("database_error", error=type(exc).__name__, path=request.url.path)
+        return JSONResponse({"detail": "database unavailable"}, status_code=503)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error", path=request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `app.main:app` is built on first access, so importing this module (e.g. in tests)
+    # does not read the environment.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

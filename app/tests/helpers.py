@@ -1,0 +1,64 @@
+"""Helpers shared by the tests (importable: pytest puts this folder on sys.path)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def upload(client: Any, user: dict[str, Any], project_id: str, filename: str, data: bytes,
+           content_type: str = "application/octet-stream") -> Any:
+    return client.post(f"/api/v1/projects/{project_id}/documents",
+                       files={"file": (filename, data, content_type)}, headers=user["headers"])
+
+
+def wait_for_status(client: Any, user: dict[str, Any], project_id: str, doc_id: str,
+                    wanted: set[str], timeout: float = 90.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    doc: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        r = client.get(f"/api/v1/projects/{project_id}/documents/{doc_id}",
+                       headers=user["headers"])
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        if doc["status"] in wanted:
+            return doc
+        time.sleep(0.2)
+    raise AssertionError(f"document {doc_id} never reached {wanted}: {doc}")
+
+
+def make_pdf(pages: list[list[str]]) -> bytes:
+    """A small valid PDF with one text line per entry, Helvetica, one page per list."""
+    objects: list[bytes] = []
+    n_pages = len(pages)
+    font_obj = 3 + 2 * n_pages
+    kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(n_pages))
+    objects.append(b"<< /Type /Catalog /Pages 2 0 R >>")
+    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {n_pages} >>".encode())
+    for i, lines in enumerate(pages):
+        content_id = 4 + 2 * i
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content_id} 0 R "
+            f"/Resources << /Font << /F1 {font_obj} 0 R >> >> >>".encode()
+        )
+        ops = ["BT", "/F1 11 Tf", "14 TL", "50 740 Td"]
+        for line in lines:
+            esc = line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+            ops.append(f"({esc}) Tj T*")
+        ops.append("ET")
+        stream = "\n".join(ops).encode("latin-1")
+        objects.append(b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream
+                       + b"\nendstream")
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for num, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{num} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    for off in offsets:
+        out += f"{off:010d} 00000 n \n".encode()
+    out += (f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n"
+            .encode())
+    return bytes(out)

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Run the app's test suite (app/tests) against real services on loopback:
+# a private PostgreSQL 15 cluster, a private redis-server, a ChromaDB server, and Celery
+# workers that the tests start themselves.
+#
+# Usage: tests/run-app-tests.sh [pytest args...]      (from any directory)
+#
+# Everything it makes lives under <repo>/.cache (venvs, cluster, logs). Outside the repo it
+# only installs Debian packages (postgresql, redis-server, python3-venv) when missing and
+# runs PostgreSQL as the `postgres` system user. On exit it stops only the processes it (or
+# the tests) started, by their PIDs / pidfiles. The exit code is pytest's.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="$REPO/.cache"
+STATE="$CACHE/app-test"
+APP_VENV="$CACHE/venv-app"
+CHROMA_VENV="$CACHE/venv-chroma"
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+PYTHON="${PYTHON:-python3}"
+
+log() { printf '[run-app-tests] %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------- system packages
+install_packages() {
+  local missing=()
+  [[ -x "$PG_BIN/initdb" ]] || missing+=(postgresql)
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+  ((${#missing[@]})) || return 0
+  if [[ $EUID -ne 0 ]]; then
+    log "missing packages: ${missing[*]} (run as root to install them)"; exit 1
+  fi
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null; then apt-get update; fi
+  if ! apt-get install -y --no-install-recommends "${missing[@]}"; then
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+  fi
+}
+
+# ---------------------------------------------------------------- virtualenvs
+# (Re)build a venv only when the hash of its lock files changed.
+ensure_venv() {
+  local venv=$1; shift
+  local stamp
+  stamp="$(cat "$@" | sha256sum | cut -d' ' -f1)"
+  if [[ -x "$venv/bin/python" && -f "$venv/.lock-stamp" && "$(cat "$venv/.lock-stamp")" == "$stamp" ]]; then
+    return 0
+  fi
+  log "building $venv"
+  rm -rf "$venv"
+  "$PYTHON" -m venv "$venv"
+  local args=()
+  for lock in "$@"; do args+=(-r "$lock"); done
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "${args[@]}"
+  echo "$stamp" > "$venv/.lock-stamp"
+}
+
+free_port() {
+  "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+as_postgres() {
+  if [[ $EUID -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# ---------------------------------------------------------------- cleanup
+PG_STARTED=0
+REDIS_PIDFILE="$STATE/redis.pid"
+CHROMA_PID=""
+
+stop_pid() {  # stop_pid PID NAME: TERM, wait up to 15 s, then KILL
+  local pid=$1 name=$2 i
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  log "$name ($pid) did not stop, killing"
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  # Workers the tests started and could not stop (e.g. pytest was interrupted).
+  for f in "$STATE"/pids/*.pid; do
+    [[ -f "$f" ]] || continue
+    stop_pid "$(cat "$f")" "test process $(basename "$f" .pid)"
+    rm -f "$f"
+  done
+  [[ -n "$CHROMA_PID" ]] && stop_pid "$CHROMA_PID" chroma
+  if [[ -f "$REDIS_PIDFILE" ]]; then stop_pid "$(cat "$REDIS_PIDFILE")" redis; rm -f "$REDIS_PIDFILE"; fi
+  if ((PG_STARTED)); then
+    as_postgres "$PG_BIN/pg_ctl" -D "$STATE/pg" -m fast -w stop >/dev/null 2>&1
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- setup
+install_packages
+mkdir -p "$STATE/pids"
+ensure_venv "$APP_VENV" "$REPO/app/requirements.lock" "$REPO/app/requirements-test.lock"
+ensure_venv "$CHROMA_VENV" "$REPO/app/requirements-chroma-server.lock"
+log "installing the app into $APP_VENV"
+"$APP_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+  --force-reinstall "$REPO/app"
+
+# PostgreSQL: a private cluster, trust auth on 127.0.0.1 only, durability off (tests).
+PGDATA="$STATE/pg"
+if [[ ! -f "$PGDATA/PG_VERSION" ]]; then
+  rm -rf "$PGDATA"; mkdir -p "$PGDATA"
+  [[ $EUID -eq 0 ]] && chown postgres: "$PGDATA"
+  as_postgres "$PG_BIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+fi
+mkdir -p "$STATE/pg-run"
+[[ $EUID -eq 0 ]] && chown postgres: "$STATE/pg-run" "$PGDATA"
+if as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
+  log "stopping a PostgreSQL left running by an earlier run"
+  as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
+fi
+PG_PORT="$(free_port)"
+as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$STATE/pg-run/postgres.log" -w -t 60 \
+  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$STATE/pg-run -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+  start >/dev/null
+PG_STARTED=1
+
+# Redis: daemonized, no persistence.
+if [[ -f "$REDIS_PIDFILE" ]]; then stop_pid "$(cat "$REDIS_PIDFILE")" "stale redis"; rm -f "$REDIS_PIDFILE"; fi
+REDIS_PORT="$(free_port)"
+mkdir -p "$STATE/redis"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --daemonize yes --pidfile "$REDIS_PIDFILE" \
+  --dir "$STATE/redis" --save '' --appendonly no --logfile "$STATE/redis/redis.log"
+for _ in $(seq 1 100); do
+  redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1
+done
+redis-cli -p "$REDIS_PORT" ping >/dev/null
+
+# ChromaDB server: fresh data directory every run.
+CHROMA_PORT="$(free_port)"
+rm -rf "$STATE/chroma"; mkdir -p "$STATE/chroma"
+"$CHROMA_VENV/bin/chroma" run --path "$STATE/chroma/data" --host 127.0.0.1 --port "$CHROMA_PORT" \
+  > "$STATE/chroma/chroma.log" 2>&1 &
+CHROMA_PID=$!
+for _ in $(seq 1 300); do
+  "$APP_VENV/bin/python" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$CHROMA_PORT/api/v2/heartbeat', timeout=1)" \
+    >/dev/null 2>&1 && break
+  kill -0 "$CHROMA_PID" 2>/dev/null || { log "chroma exited:"; tail -20 "$STATE/chroma/chroma.log" >&2; exit 1; }
+  sleep 0.2
+done
+
+export AI_TEST_PG_ADMIN_URL="postgresql+psycopg://postgres@127.0.0.1:$PG_PORT/postgres"
+export AI_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+export AI_TEST_CHROMA_URL="http://127.0.0.1:$CHROMA_PORT"
+export AI_TEST_STATE_DIR="$STATE"
+log "postgres :$PG_PORT  redis :$REDIS_PORT  chroma :$CHROMA_PORT  (logs under $STATE)"
+
+cd "$REPO"
+set +e
+"$APP_VENV/bin/python" -m pytest app/tests -p no:cacheprovider "$@"
+rc=$?
+set -e
+exit "$rc"
