@@ -54,7 +54,7 @@ ensure_venv() {
   "$PYTHON" -m venv "$venv"
   local args=()
   for lock in "$@"; do args+=(-r "$lock"); done
-  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "${args[@]}"
+  "$venv/bin/pip" install -qq --disable-pip-version-check --no-deps "${args[@]}"
   echo "$stamp" > "$venv/.lock-stamp"
 }
 
@@ -106,7 +106,7 @@ mkdir -p "$STATE/pids"
 ensure_venv "$APP_VENV" "$REPO/app/requirements.lock" "$REPO/app/requirements-test.lock"
 ensure_venv "$CHROMA_VENV" "$REPO/app/requirements-chroma-server.lock"
 log "installing the app into $APP_VENV"
-"$APP_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+"$APP_VENV/bin/pip" install -qq --disable-pip-version-check --no-deps --no-build-isolation \
   --force-reinstall "$REPO/app"
 
 # PostgreSQL: a private cluster, trust auth on 127.0.0.1 only, durability off (tests).

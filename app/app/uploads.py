@@ -100,7 +100,7 @@ class _Receiver:
             self.part.is_target = True
             self.file = ReceivedFile(
                 filename=safe_filename(self.part.filename), size=0, sha256="", head=b"",
-                utf8=False, spool=tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY),
+                utf8=False, spool=tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY),  # noqa: SIM115
             )
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:

@@ -10,10 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from cryptography.fernet import Fernet
+from helpers import Worker
 
 REQUIRED = ("AI_TEST_PG_ADMIN_URL", "AI_TEST_REDIS_URL", "AI_TEST_CHROMA_URL")
 RUN_ID = uuid.uuid4().hex[:8]
@@ -71,6 +68,8 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.pop(var, None)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     (STATE_DIR / "pids").mkdir(parents=True, exist_ok=True)
+    os.environ["AI_TEST_RUN_ID"] = RUN_ID
+    os.environ.setdefault("AI_TEST_STATE_DIR", str(STATE_DIR))
     import redis
 
     redis.Redis.from_url(f"{redis_url}/0").flushdb()
@@ -142,56 +141,6 @@ def project(client: Any, user: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- celery workers
-class Worker:
-    def __init__(self, name: str, env_overrides: dict[str, str] | None = None,
-                 concurrency: int = 1) -> None:
-        self.name = name
-        env = dict(os.environ)
-        env.update(env_overrides or {})
-        self.env = env
-        self.log_path = LOG_DIR / f"celery-{name}.log"
-        self.pidfile = STATE_DIR / "pids" / f"celery-{name}-{RUN_ID}.pid"
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "app.tasks.celery_app", "worker",
-             "--loglevel", "INFO", "--pool", "prefork", "--concurrency", str(concurrency),
-             "--hostname", f"{name}-{RUN_ID}@%h", "--without-gossip", "--without-mingle",
-             "--without-heartbeat"],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        self.pidfile.write_text(str(self.proc.pid))
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        from celery import Celery
-
-        probe = Celery(broker=self.env["CELERY_BROKER_URL"], set_as_current=False)
-        deadline = time.monotonic() + timeout
-        dest = [f"{self.name}-{RUN_ID}@{os.uname().nodename}"]
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited: {self.log_path.read_text()[-3000:]}")
-            if probe.control.ping(timeout=0.5, destination=dest):
-                return
-        raise AssertionError(f"worker not ready: {self.log_path.read_text()[-3000:]}")
-
-    def children(self) -> list[int]:
-        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                for child in self.children():
-                    os.kill(child, signal.SIGKILL)
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
-        self.pidfile.unlink(missing_ok=True)
-
-
 @pytest.fixture(scope="session")
 def worker(settings: Any) -> Iterator[Worker]:
     w = Worker("main")

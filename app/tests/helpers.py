@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -62,3 +67,61 @@ def make_pdf(pages: list[list[str]]) -> bytes:
     out += (f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n"
             .encode())
     return bytes(out)
+
+
+def _run_id() -> str:
+    return os.environ["AI_TEST_RUN_ID"]
+
+
+def _state_dir() -> Path:
+    return Path(os.environ["AI_TEST_STATE_DIR"])
+
+
+class Worker:
+    def __init__(self, name: str, env_overrides: dict[str, str] | None = None,
+                 concurrency: int = 1) -> None:
+        self.name = name
+        env = dict(os.environ)
+        env.update(env_overrides or {})
+        self.env = env
+        self.log_path = _state_dir() / "logs" / f"celery-{name}.log"
+        self.pidfile = _state_dir() / "pids" / f"celery-{name}-{_run_id()}.pid"
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "app.tasks.celery_app", "worker",
+             "--loglevel", "INFO", "--pool", "prefork", "--concurrency", str(concurrency),
+             "--hostname", f"{name}-{_run_id()}@%h", "--without-gossip", "--without-mingle",
+             "--without-heartbeat"],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        self.pidfile.write_text(str(self.proc.pid))
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        from celery import Celery
+
+        probe = Celery(broker=self.env["CELERY_BROKER_URL"], set_as_current=False)
+        deadline = time.monotonic() + timeout
+        dest = [f"{self.name}-{_run_id()}@{os.uname().nodename}"]
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+            if probe.control.ping(timeout=0.5, destination=dest):
+                return
+        raise AssertionError(f"worker not ready: {self.log_path.read_text()[-3000:]}")
+
+    def children(self) -> list[int]:
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                for child in self.children():
+                    os.kill(child, signal.SIGKILL)
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+        self.pidfile.unlink(missing_ok=True)

@@ -1,0 +1,98 @@
+"""Settings: production refuses missing or placeholder secrets, naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from cryptography.fernet import Fernet
+from pydantic import ValidationError
+
+from app.config import Settings
+
+GOOD_SECRET = "k" * 8 + "Qw3rTy-Uiop-Asdf-Ghjk-Zxcv-Bnm0123"
+GOOD = {
+    "environment": "production",
+    "secret_key": GOOD_SECRET,
+    "encryption_key": Fernet.generate_key().decode(),
+}
+
+
+def test_production_accepts_real_secrets() -> None:
+    s = Settings(**GOOD)
+    assert s.environment == "production"
+    assert s.jwt_key == GOOD_SECRET
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "variable"),
+    [
+        ("secret_key", "", "SECRET_KEY"),
+        ("secret_key", "changeme", "SECRET_KEY"),
+        ("secret_key", "your-secret-key-here-please-change-it-now", "SECRET_KEY"),
+        ("secret_key", "short-but-random-9f8e7d", "SECRET_KEY"),
+        ("encryption_key", "", "ENCRYPTION_KEY"),
+        ("encryption_key", "not-a-fernet-key", "ENCRYPTION_KEY"),
+        ("encryption_key", "c2hvcnQ=", "ENCRYPTION_KEY"),
+        ("jwt_secret_key", "changeme", "JWT_SECRET_KEY"),
+        ("jwt_secret_key", "tooshort", "JWT_SECRET_KEY"),
+    ],
+)
+def test_production_refuses_bad_secret(field: str, value: str, variable: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(**{**GOOD, field: value})
+    assert variable in str(info.value)
+
+
+def test_production_refuses_placeholder_database_password() -> None:
+    with pytest.raises(ValidationError, match="DATABASE_URL"):
+        Settings(**GOOD, database_url="postgresql+psycopg://app:changeme@db/app")
+
+
+def test_development_tolerates_missing_secrets() -> None:
+    s = Settings(environment="development", secret_key="", encryption_key=None)
+    assert len(s.jwt_key) >= 32
+    Fernet(s.fernet_key)  # a usable derived key
+
+
+def _run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, **env}
+    return subprocess.run(args, env=full, capture_output=True, text=True, timeout=60)
+
+
+def test_check_config_cli_refuses_placeholders() -> None:
+    r = _run([sys.executable, "-m", "app.cli", "check-config"],
+             ENVIRONMENT="production", SECRET_KEY="changeme", ENCRYPTION_KEY="")
+    assert r.returncode == 1
+    assert "SECRET_KEY is a placeholder value" in r.stderr
+    assert "ENCRYPTION_KEY is missing" in r.stderr
+    assert "check-config: FAILED" in r.stderr
+
+
+def test_check_config_cli_ok() -> None:
+    r = _run([sys.executable, "-m", "app.cli", "check-config"], ENVIRONMENT="production",
+             SECRET_KEY=GOOD["secret_key"], ENCRYPTION_KEY=GOOD["encryption_key"])
+    assert r.returncode == 0, r.stderr
+    assert "check-config: ok (environment=production)" in r.stdout
+
+
+def test_check_config_strict_outside_production() -> None:
+    r = _run([sys.executable, "-m", "app.cli", "check-config", "--strict"],
+             ENVIRONMENT="staging", SECRET_KEY="changeme")
+    assert r.returncode == 1
+    assert "SECRET_KEY" in r.stderr
+
+
+def test_app_refuses_to_start_in_production_with_placeholders() -> None:
+    r = _run([sys.executable, "-c", "from app.main import app"],
+             ENVIRONMENT="production", SECRET_KEY="your-secret-key", ENCRYPTION_KEY="x")
+    assert r.returncode != 0
+    assert "SECRET_KEY" in r.stderr and "ENCRYPTION_KEY" in r.stderr
+
+
+def test_invalid_number_names_variable() -> None:
+    r = _run([sys.executable, "-m", "app.cli", "check-config"], DATABASE_POOL_SIZE="lots")
+    assert r.returncode == 1
+    assert "DATABASE_POOL_SIZE" in r.stderr

@@ -1,0 +1,405 @@
+"""End to end through a real Celery worker process, PostgreSQL, Redis and ChromaDB:
+upload -> indexed -> searchable -> ask; failures, deletes, worker death, maintenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from celery import Celery
+from helpers import Worker, make_pdf, upload, wait_for_status
+from sqlalchemy import create_engine, text
+
+pytestmark = pytest.mark.e2e
+
+FUSION = (
+    "# Fusion notes\n\n"
+    "Tokamaks confine hot plasma with strong magnetic fields shaped like a torus. "
+    "The ITER project in France is building the largest tokamak in the world.\n\n"
+    "Stellarators twist the magnetic field with complex external coils instead of a plasma "
+    "current, which avoids disruptions.\n"
+)
+BAKING = (
+    "Sourdough bread rises thanks to wild yeast and lactic acid bacteria in the starter. "
+    "Bakers feed the starter with flour and water every day.\n\n"
+    "A hot oven with steam gives the loaf a crisp crust.\n"
+)
+CODE = (
+    "def quicksort(items):\n"
+    "    \"\"\"Sort a list by partitioning around a pivot element.\"\"\"\n"
+    "    if len(items) <= 1:\n        return items\n"
+    "    pivot, rest = items[0], items[1:]\n"
+    "    return quicksort([x for x in rest if x < pivot]) + [pivot] + "
+    "quicksort([x for x in rest if x >= pivot])\n"
+)
+PDF_LINES = [["Photosynthesis happens in the chloroplasts of plant cells.",
+              "Chlorophyll absorbs red and blue light."],
+             ["Plants release oxygen as a by-product of splitting water."]]
+
+
+def _vector_count(settings: Any, document_id: str) -> int:
+    from app.vectorstore import VectorStore
+
+    return VectorStore(settings).count_document(document_id)
+
+
+@pytest.fixture(scope="module")
+def corpus(client: Any, worker: Any, make_user_module: Any) -> dict[str, Any]:
+    u = make_user_module()
+    p = client.post("/api/v1/projects", json={"name": "research"}, headers=u["headers"]).json()
+    docs = {}
+    for name, data in (("fusion.md", FUSION.encode()), ("baking.txt", BAKING.encode()),
+                       ("sort.py", CODE.encode()), ("plants.pdf", make_pdf(PDF_LINES))):
+        r = upload(client, u, p["id"], name, data)
+        assert r.status_code == 201, r.text
+        docs[name] = r.json()
+    for name, d in docs.items():
+        done = wait_for_status(client, u, p["id"], d["id"], {"ready", "failed"})
+        assert done["status"] == "ready", (name, done)
+        assert done["chunk_count"] >= 1 and done["indexed_at"]
+        docs[name] = done
+    return {"user": u, "project": p, "docs": docs}
+
+
+@pytest.fixture(scope="module")
+def make_user_module(client: Any) -> Any:
+    def _make() -> dict[str, Any]:
+        email = f"e2e-{uuid.uuid4().hex[:10]}@example.com"
+        client.post("/api/v1/auth/register", json={"email": email, "password": "e2e-password"})
+        tok = client.post("/api/v1/auth/login",
+                          json={"email": email, "password": "e2e-password"}).json()
+        return {"email": email, "headers": {"Authorization": f"Bearer {tok['access_token']}"}}
+    return _make
+
+
+def test_documents_are_indexed_into_chroma(corpus: dict[str, Any], settings: Any) -> None:
+    for d in corpus["docs"].values():
+        assert _vector_count(settings, d["id"]) == d["chunk_count"]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("magnetic confinement of plasma in a torus", "fusion.md"),
+        ("how does a sourdough starter work", "baking.txt"),
+        ("sorting algorithm with a pivot", "sort.py"),
+        ("which pigment absorbs light in leaves", "plants.pdf"),
+    ],
+)
+def test_search_finds_the_right_document(client: Any, corpus: dict[str, Any], query: str,
+                                         expected: str) -> None:
+    p, u = corpus["project"], corpus["user"]
+    r = client.post(f"/api/v1/projects/{p['id']}/search", json={"query": query, "top_k": 3},
+                    headers=u["headers"])
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert results[0]["filename"] == expected, results
+    assert results[0]["score"] > 0.3
+    assert results[0]["snippet"]
+    assert [x["score"] for x in results] == sorted((x["score"] for x in results), reverse=True)
+
+
+def test_pdf_hits_carry_page_numbers(client: Any, corpus: dict[str, Any]) -> None:
+    p, u = corpus["project"], corpus["user"]
+    r = client.post(f"/api/v1/projects/{p['id']}/search",
+                    json={"query": "chlorophyll pigment", "top_k": 1}, headers=u["headers"])
+    assert r.json()["results"][0]["page"] == 1
+
+
+def test_search_is_scoped_to_the_project(client: Any, corpus: dict[str, Any]) -> None:
+    u = corpus["user"]
+    other = client.post("/api/v1/projects", json={"name": "empty"}, headers=u["headers"]).json()
+    r = client.post(f"/api/v1/projects/{other['id']}/search", json={"query": "tokamak"},
+                    headers=u["headers"])
+    assert r.status_code == 200 and r.json()["results"] == []
+
+
+def test_ask_extractive_without_provider(client: Any, corpus: dict[str, Any]) -> None:
+    p, u = corpus["project"], corpus["user"]
+    r = client.post(f"/api/v1/projects/{p['id']}/ask",
+                    json={"question": "Where is the largest tokamak being built?"},
+                    headers=u["headers"])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["mode"] == "extractive" and body["provider"] is None
+    assert "ITER" in body["answer"] and "[1]" in body["answer"]
+    assert body["sources"][0]["filename"] == "fusion.md"
+
+
+class FakeLLM:
+    """An OpenAI-compatible chat endpoint on loopback that records what it receives."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "body": body,
+                                       "auth": self.headers.get("Authorization")})
+                answer = {"choices": [{"message": {"role": "assistant",
+                                                   "content": "ITER, in France [1]."}}]}
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeLLM:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_ask_with_provider_and_fallback(client: Any, corpus: dict[str, Any], settings: Any,
+                                        make_user_module: Any) -> None:
+    p, u = corpus["project"], corpus["user"]
+    question = {"question": "Where is the largest tokamak being built?"}
+    with FakeLLM() as llm:
+        r = client.post("/api/v1/providers", headers=u["headers"], json={
+            "name": "local", "base_url": llm.url, "model": "tiny-model",
+            "api_key": "sk-test-0123456789abcdef"})
+        assert r.status_code == 201, r.text
+        prov = r.json()
+        assert prov["api_key_hint"] == "…cdef" and "0123456789" not in r.text
+        ask = client.post(f"/api/v1/projects/{p['id']}/ask", json=question,
+                          headers=u["headers"])
+        assert ask.status_code == 200, ask.text
+        body = ask.json()
+        assert body["mode"] == "generative" and body["answer"] == "ITER, in France [1]."
+        assert body["provider"] == "local"
+        sent = llm.requests[-1]
+        assert sent["path"] == "/v1/chat/completions"
+        assert sent["auth"] == "Bearer sk-test-0123456789abcdef"
+        assert sent["body"]["model"] == "tiny-model"
+        assert "ITER" in sent["body"]["messages"][-1]["content"]
+
+    # Stored encrypted, not in clear.
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT api_key_encrypted FROM providers WHERE id = :i"),
+                              {"i": prov["id"]}).scalar_one()
+    engine.dispose()
+    assert b"sk-test" not in bytes(stored)
+
+    # The provider is gone now (server shut down): fall back to extractive.
+    ask = client.post(f"/api/v1/projects/{p['id']}/ask", json=question, headers=u["headers"])
+    assert ask.status_code == 200
+    body = ask.json()
+    assert body["mode"] == "extractive" and body["provider_error"]
+    assert "ITER" in body["answer"]
+
+    # Other users neither see nor use it.
+    other = make_user_module()
+    listed = client.get("/api/v1/providers", headers=other["headers"]).json()
+    assert prov["id"] not in [x["id"] for x in listed]
+    op = client.post("/api/v1/projects", json={"name": "o"}, headers=other["headers"]).json()
+    r = client.post(f"/api/v1/projects/{op['id']}/ask",
+                    json={**question, "provider_id": prov["id"]}, headers=other["headers"])
+    assert r.status_code == 404
+    r = client.delete(f"/api/v1/providers/{prov['id']}", headers=other["headers"])
+    assert r.status_code == 404
+    r = client.delete(f"/api/v1/providers/{prov['id']}", headers=u["headers"])
+    assert r.status_code == 204
+
+
+def test_shared_provider_needs_admin(client: Any, user: dict[str, Any]) -> None:
+    r = client.post("/api/v1/providers", headers=user["headers"], json={
+        "name": "x", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key": "k",
+        "shared": True})
+    assert r.status_code == 403
+
+
+def test_unreadable_pdf_fails_with_reason(client: Any, worker: Any, user: dict[str, Any],
+                                          project: dict[str, Any]) -> None:
+    r = upload(client, user, project["id"], "broken.pdf", b"%PDF-1.7\nthis is not a pdf at all")
+    assert r.status_code == 201
+    done = wait_for_status(client, user, project["id"], r.json()["id"], {"ready", "failed"})
+    assert done["status"] == "failed"
+    assert "PDF" in done["error"]
+
+
+def test_delete_document_removes_vectors(client: Any, worker: Any, user: dict[str, Any],
+                                         project: dict[str, Any], settings: Any) -> None:
+    doc = upload(client, user, project["id"], "volcano.txt",
+                 b"Volcanoes erupt when magma reaches the surface of the Earth.").json()
+    doc = wait_for_status(client, user, project["id"], doc["id"], {"ready", "failed"})
+    assert doc["status"] == "ready" and _vector_count(settings, doc["id"]) >= 1
+    url = f"/api/v1/projects/{project['id']}"
+    assert client.delete(f"{url}/documents/{doc['id']}", headers=user["headers"]).status_code \
+        == 204
+    assert _vector_count(settings, doc["id"]) == 0
+    r = client.post(f"{url}/search", json={"query": "volcano magma"}, headers=user["headers"])
+    assert r.json()["results"] == []
+
+
+def test_delete_project_removes_vectors(client: Any, worker: Any, user: dict[str, Any],
+                                        settings: Any) -> None:
+    p = client.post("/api/v1/projects", json={"name": "temp"}, headers=user["headers"]).json()
+    doc = upload(client, user, p["id"], "a.txt", b"Glaciers carve valleys over millennia.").json()
+    wait_for_status(client, user, p["id"], doc["id"], {"ready"})
+    assert client.delete(f"/api/v1/projects/{p['id']}", headers=user["headers"]).status_code \
+        == 204
+    assert _vector_count(settings, doc["id"]) == 0
+
+
+def _big_text(n_paragraphs: int) -> bytes:
+    words = ["research", "assistant", "indexes", "documents", "into", "vectors", "while", "workers", "embed", "chunks", "of", "text", "with", "a", "small", "transformer", "model"]
+    paras = []
+    for i in range(n_paragraphs):
+        paras.append(f"Paragraph {i}: " + " ".join(words[(i + j) % len(words)]
+                                                    for j in range(110)) + ".")
+    return "\n\n".join(paras).encode()
+
+
+def test_worker_killed_mid_task_does_not_lose_the_job(client: Any, worker: Any,
+                                                      user: dict[str, Any],
+                                                      project: dict[str, Any]) -> None:
+    r = upload(client, user, project["id"], "big.txt", _big_text(900))
+    assert r.status_code == 201
+    doc_id = r.json()["id"]
+    wait_for_status(client, user, project["id"], doc_id, {"indexing"}, timeout=60)
+    time.sleep(0.5)  # well inside the embedding phase
+    children = worker.children()
+    assert children, "prefork child not found"
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    done = wait_for_status(client, user, project["id"], doc_id, {"ready", "failed"},
+                           timeout=180)
+    assert done["status"] == "ready", done
+    assert done["attempts"] >= 2  # it really was interrupted and run again
+    log = worker.log_path.read_text()
+    assert "WorkerLostError" in log or "signal 9" in log
+
+
+def _insert_document(settings: Any, project_id: str, data: bytes, status: str = "pending",
+                     age_hours: float = 0.0) -> str:
+    doc_id = str(uuid.uuid4())
+    engine = create_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO documents (id, project_id, filename, content_type, kind, size_bytes, "
+            "sha256, status, updated_at) VALUES (:i, :p, 'seed.txt', 'text/plain', 'text', "
+            ":n, 'x', :s, now() - make_interval(secs => :age))"),
+            {"i": doc_id, "p": project_id, "n": len(data), "s": status,
+             "age": age_hours * 3600})
+        conn.execute(text("INSERT INTO document_contents (document_id, data) VALUES (:i, :d)"),
+                     {"i": doc_id, "d": data})
+    engine.dispose()
+    return doc_id
+
+
+def test_retries_with_backoff_then_fails(client: Any, settings: Any, user: dict[str, Any],
+                                         project: dict[str, Any], dead_port: int) -> None:
+    """A worker whose ChromaDB is unreachable retries, then marks the document failed."""
+    broker1 = settings.broker_url.rsplit("/", 1)[0] + "/1"
+    w = Worker("nochroma", {"CHROMA_URL": f"http://127.0.0.1:{dead_port}",
+                            "CELERY_BROKER_URL": broker1, "CELERY_RESULT_BACKEND": broker1,
+                            "INDEX_MAX_RETRIES": "2", "INDEX_RETRY_BACKOFF_SECONDS": "0.3"})
+    try:
+        w.wait_ready()
+        doc_id = _insert_document(settings, project["id"], b"Text that cannot be stored.")
+        sender = Celery(broker=broker1, set_as_current=False)
+        sender.send_task("app.tasks.index_document", args=[doc_id])
+        done = wait_for_status(client, user, project["id"], doc_id, {"ready", "failed"},
+                               timeout=90)
+    finally:
+        w.stop()
+    assert done["status"] == "failed"
+    assert "after 3 attempts" in done["error"] and "ChromaDB" in done["error"]
+    assert done["attempts"] == 3
+    log = w.log_path.read_text()
+    assert log.count("index_retry") == 2
+
+
+def test_reconcile_restores_missing_and_drops_orphan_vectors(
+    client: Any, worker: Any, user: dict[str, Any], project: dict[str, Any], settings: Any,
+) -> None:
+    import numpy as np
+
+    from app.tasks import reconcile_vectors
+    from app.vectorstore import VectorStore
+
+    doc = upload(client, user, project["id"], "reef.txt",
+                 b"Coral reefs bleach when the ocean gets too warm.").json()
+    doc = wait_for_status(client, user, project["id"], doc["id"], {"ready"})
+    store = VectorStore(settings)
+    store.delete_document(doc["id"])  # vectors lost (e.g. Chroma restored from old backup)
+    orphan_doc = str(uuid.uuid4())
+    store.replace_document(project["id"], orphan_doc, ["orphan chunk"],
+                           np.ones((1, 384), dtype=np.float32) / np.sqrt(384))
+    assert store.count_document(orphan_doc) == 1
+
+    result = reconcile_vectors.delay().get(timeout=60)
+    assert result["reindexed"] >= 1 and result["orphan_vectors_deleted"] >= 1
+    assert store.count_document(orphan_doc) == 0
+    done = wait_for_status(client, user, project["id"], doc["id"], {"ready"}, timeout=60)
+    assert store.count_document(doc["id"]) == done["chunk_count"] >= 1
+
+
+def test_reconcile_requeues_stuck_pending(client: Any, worker: Any, user: dict[str, Any],
+                                          project: dict[str, Any], settings: Any) -> None:
+    from app.tasks import reconcile_vectors
+
+    doc_id = _insert_document(settings, project["id"], b"Stuck upload about auroras.",
+                              status="pending", age_hours=2)
+    result = reconcile_vectors.delay().get(timeout=60)
+    assert result["requeued"] >= 1
+    wait_for_status(client, user, project["id"], doc_id, {"ready"}, timeout=60)
+
+
+def test_purge_removes_stale_failed_and_stuck(client: Any, worker: Any, user: dict[str, Any],
+                                              project: dict[str, Any], settings: Any) -> None:
+    from app.tasks import purge_documents
+
+    old_failed = _insert_document(settings, project["id"], b"x", "failed", age_hours=24 * 30)
+    old_stuck = _insert_document(settings, project["id"], b"y", "indexing", age_hours=48)
+    fresh_failed = _insert_document(settings, project["id"], b"z", "failed", age_hours=1)
+    result = purge_documents.delay().get(timeout=60)
+    assert result["deleted"] >= 2
+    url = f"/api/v1/projects/{project['id']}/documents"
+    assert client.get(f"{url}/{old_failed}", headers=user["headers"]).status_code == 404
+    assert client.get(f"{url}/{old_stuck}", headers=user["headers"]).status_code == 404
+    assert client.get(f"{url}/{fresh_failed}", headers=user["headers"]).status_code == 200
+
+
+@pytest.fixture()
+def read_url_client(settings: Any, dead_port: int) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    s = settings.model_copy(update={
+        "database_read_url": f"postgresql+psycopg://ro@127.0.0.1:{dead_port}/nope"})
+    with TestClient(create_app(s)) as c:
+        yield c
+
+
+def test_search_uses_the_read_url(read_url_client: Any, corpus: dict[str, Any]) -> None:
+    """With DATABASE_READ_URL pointing nowhere, search fails (503) but writes still work."""
+    p, u = corpus["project"], corpus["user"]
+    r = read_url_client.post(f"/api/v1/projects/{p['id']}/search", json={"query": "tokamak"},
+                             headers=u["headers"])
+    assert r.status_code == 503
+    r = read_url_client.get(f"/api/v1/projects/{p['id']}", headers=u["headers"])
+    assert r.status_code == 200
