@@ -5,7 +5,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 bash tests/bootstrap.sh
-export PATH="$repo/.venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible.cfg"
+export PATH="$repo/.venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible.cfg" AIPL_REPO="$repo"
 t0=$SECONDS
 python3 tests/lab/lab.py up -i inventories/lab/hosts.yml
 t1=$SECONDS
