@@ -82,12 +82,14 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
     email = args.email.strip().lower()
     if "@" not in email:
         raise SystemExit("create-admin: invalid email")
-    db = Database(_settings("create-admin"))
+    settings = _settings("create-admin")
+    db = Database(settings)
     try:
         with db.session() as s:
             user = s.scalar(select(User).where(User.email == email).with_for_update())
             if user is None:
-                s.add(User(email=email, password_hash=hash_password(password), is_admin=True))
+                s.add(User(email=email, password_hash=hash_password(password, settings),
+                           is_admin=True))
                 outcome = "created"
             else:
                 changed = False
@@ -95,7 +97,7 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
                     user.is_admin = user.is_active = True
                     changed = True
                 if not verify_password(user.password_hash, password):
-                    user.password_hash = hash_password(password)
+                    user.password_hash = hash_password(password, settings)
                     changed = True
                 outcome = "updated" if changed else "no change"
     finally:

@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_LENGTH = 32
+MIN_PRODUCTION_HASH_MEMORY_KIB = 19_456  # OWASP's argon2id floor
 _PLACEHOLDERS = ("changeme", "change-me", "change_me", "your-secret-key", "your_secret_key",
                  "secret", "placeholder", "example", "xxx", "todo", "default")
 
@@ -56,6 +57,10 @@ class Settings(BaseSettings):
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
     jwt_access_token_expire_minutes: int = Field(default=30, ge=1)
     encryption_key: SecretStr | None = None  # Fernet key for provider API keys
+    # argon2id cost (RFC 9106 "low memory" profile by default)
+    password_hash_time_cost: int = Field(default=3, ge=1)
+    password_hash_memory_kib: int = Field(default=65_536, ge=8)
+    password_hash_parallelism: int = Field(default=4, ge=1)
 
     # Answer providers (OpenAI-compatible chat completions); optional
     openai_api_key: SecretStr | None = None
@@ -170,6 +175,8 @@ def production_problems(s: Settings) -> list[str]:
         _secret_problem("SECRET_KEY", _secret(s.secret_key)),
         _fernet_problem("ENCRYPTION_KEY", _secret(s.encryption_key)),
     ]
+    if s.password_hash_memory_kib < MIN_PRODUCTION_HASH_MEMORY_KIB:
+        problems.append(f"PASSWORD_HASH_MEMORY_KIB is below {MIN_PRODUCTION_HASH_MEMORY_KIB}")
     if s.jwt_secret_key is not None:
         problems.append(_secret_problem("JWT_SECRET_KEY", _secret(s.jwt_secret_key)))
     password = urlsplit(s.database_url.replace("+psycopg", "")).password

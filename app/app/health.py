@@ -51,8 +51,9 @@ def _control_app(broker_url: str) -> Celery:
 
 def check_celery(broker_url: str, timeout: float) -> dict[str, Any]:
     app = _control_app(broker_url)
-    with app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=timeout)
+    # The URL is passed explicitly: Celery would otherwise prefer $CELERY_BROKER_URL.
+    with app.connection_for_write(url=broker_url) as conn:
+        conn.ensure_connection(max_retries=0, timeout=timeout)
         replies = app.control.ping(timeout=min(timeout, 1.0), connection=conn)
     if not replies:
         raise RuntimeError("no worker answered the ping")

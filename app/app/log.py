@@ -73,7 +73,7 @@ def configure_logging(level: str = "INFO") -> None:
         lg.propagate = True
     # Access lines come from our middleware (with request id and timing).
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    for noisy in ("httpx", "httpcore", "chromadb", "urllib3"):
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "chromadb", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     _configured = True
 

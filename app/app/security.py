@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 import jwt
 from argon2 import PasswordHasher
@@ -12,26 +13,42 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from app.config import Settings
 
-_hasher = PasswordHasher()
+
+@lru_cache(maxsize=4)
+def _hasher(time_cost: int, memory_kib: int, parallelism: int) -> PasswordHasher:
+    return PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
 
 
-def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+def hasher(settings: Settings) -> PasswordHasher:
+    return _hasher(settings.password_hash_time_cost, settings.password_hash_memory_kib,
+                   settings.password_hash_parallelism)
+
+
+def hash_password(password: str, settings: Settings) -> str:
+    return hasher(settings).hash(password)
 
 
 def verify_password(password_hash: str, password: str) -> bool:
+    """Parameters come from the hash itself, so any hasher verifies any argon2 hash."""
     try:
-        return _hasher.verify(password_hash, password)
+        return _hasher(1, 8, 1).verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
 
-def password_needs_rehash(password_hash: str) -> bool:
-    return _hasher.check_needs_rehash(password_hash)
+def password_needs_rehash(password_hash: str, settings: Settings) -> bool:
+    return hasher(settings).check_needs_rehash(password_hash)
 
 
-# A hash to verify against when the user does not exist, so timing does not tell.
-DUMMY_HASH = _hasher.hash("not-a-real-password-timing-equaliser")
+@lru_cache(maxsize=4)
+def _dummy_hash(time_cost: int, memory_kib: int, parallelism: int) -> str:
+    return _hasher(time_cost, memory_kib, parallelism).hash("timing-equaliser-not-a-password")
+
+
+def dummy_hash(settings: Settings) -> str:
+    """A hash to verify against when the user does not exist, so timing does not tell."""
+    return _dummy_hash(settings.password_hash_time_cost, settings.password_hash_memory_kib,
+                       settings.password_hash_parallelism)
 
 
 def create_access_token(user_id: uuid.UUID, settings: Settings) -> tuple[str, int]:

@@ -62,6 +62,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "ENCRYPTION_KEY": Fernet.generate_key().decode(),
         "INDEX_RETRY_BACKOFF_SECONDS": "0.5",
         "HEALTH_TIMEOUT_SECONDS": "2",
+        # Cheap argon2id for speed; production refuses memory below 19 MiB (see test_config).
+        "PASSWORD_HASH_TIME_COST": "1",
+        "PASSWORD_HASH_MEMORY_KIB": "1024",
+        "PASSWORD_HASH_PARALLELISM": "1",
     })
     for var in ("DATABASE_READ_URL", "OPENAI_API_KEY", "DEEPSEEK_API_KEY", "JWT_SECRET_KEY",
                 "EMBEDDING_MODEL_DIR", "CHROMA_TOKEN"):

@@ -15,6 +15,7 @@ from app.config import Settings
 GOOD_SECRET = "k" * 8 + "Qw3rTy-Uiop-Asdf-Ghjk-Zxcv-Bnm0123"
 GOOD = {
     "environment": "production",
+    "password_hash_memory_kib": 65_536,
     "secret_key": GOOD_SECRET,
     "encryption_key": Fernet.generate_key().decode(),
 }
@@ -46,6 +47,11 @@ def test_production_refuses_bad_secret(field: str, value: str, variable: str) ->
     assert variable in str(info.value)
 
 
+def test_production_refuses_weak_password_hashing() -> None:
+    with pytest.raises(ValidationError, match="PASSWORD_HASH_MEMORY_KIB"):
+        Settings(**{**GOOD, "password_hash_memory_kib": 1024})
+
+
 def test_production_refuses_placeholder_database_password() -> None:
     with pytest.raises(ValidationError, match="DATABASE_URL"):
         Settings(**GOOD, database_url="postgresql+psycopg://app:changeme@db/app")
@@ -73,7 +79,8 @@ def test_check_config_cli_refuses_placeholders() -> None:
 
 def test_check_config_cli_ok() -> None:
     r = _run([sys.executable, "-m", "app.cli", "check-config"], ENVIRONMENT="production",
-             SECRET_KEY=GOOD["secret_key"], ENCRYPTION_KEY=GOOD["encryption_key"])
+             SECRET_KEY=GOOD["secret_key"], ENCRYPTION_KEY=GOOD["encryption_key"],
+             PASSWORD_HASH_MEMORY_KIB="65536")
     assert r.returncode == 0, r.stderr
     assert "check-config: ok (environment=production)" in r.stdout
 

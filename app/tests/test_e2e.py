@@ -264,7 +264,8 @@ def test_delete_project_removes_vectors(client: Any, worker: Any, user: dict[str
 
 
 def _big_text(n_paragraphs: int) -> bytes:
-    words = ["research", "assistant", "indexes", "documents", "into", "vectors", "while", "workers", "embed", "chunks", "of", "text", "with", "a", "small", "transformer", "model"]
+    words = ("research assistant indexes documents into vectors while workers embed chunks "
+             "of text with a small transformer model").split()
     paras = []
     for i in range(n_paragraphs):
         paras.append(f"Paragraph {i}: " + " ".join(words[(i + j) % len(words)]
@@ -275,7 +276,7 @@ def _big_text(n_paragraphs: int) -> bytes:
 def test_worker_killed_mid_task_does_not_lose_the_job(client: Any, worker: Any,
                                                       user: dict[str, Any],
                                                       project: dict[str, Any]) -> None:
-    r = upload(client, user, project["id"], "big.txt", _big_text(900))
+    r = upload(client, user, project["id"], "big.txt", _big_text(60))
     assert r.status_code == 201
     doc_id = r.json()["id"]
     wait_for_status(client, user, project["id"], doc_id, {"indexing"}, timeout=60)
@@ -319,8 +320,9 @@ def test_retries_with_backoff_then_fails(client: Any, settings: Any, user: dict[
     try:
         w.wait_ready()
         doc_id = _insert_document(settings, project["id"], b"Text that cannot be stored.")
-        sender = Celery(broker=broker1, set_as_current=False)
-        sender.send_task("app.tasks.index_document", args=[doc_id])
+        sender = Celery(set_as_current=False)
+        with sender.connection_for_write(url=broker1) as conn:
+            sender.send_task("app.tasks.index_document", args=[doc_id], connection=conn)
         done = wait_for_status(client, user, project["id"], doc_id, {"ready", "failed"},
                                timeout=90)
     finally:

@@ -13,8 +13,8 @@ from app.api.deps import CurrentUser, SessionDep, SettingsDep
 from app.models import User
 from app.schemas import LoginIn, RegisterIn, TokenOut, UserOut
 from app.security import (
-    DUMMY_HASH,
     create_access_token,
+    dummy_hash,
     hash_password,
     password_needs_rehash,
     verify_password,
@@ -35,11 +35,11 @@ def normalise_email(email: str) -> str:
 
 @router.post("/register", response_model=UserOut, status_code=status.HTTP_201_CREATED,
              responses={409: {"description": "email already registered"}})
-def register(body: RegisterIn, session: SessionDep) -> User:
+def register(body: RegisterIn, session: SessionDep, settings: SettingsDep) -> User:
     email = normalise_email(body.email)
     if session.scalar(select(func.count()).select_from(User).where(User.email == email)):
         raise HTTPException(status.HTTP_409_CONFLICT, "email already registered")
-    user = User(email=email, password_hash=hash_password(body.password))
+    user = User(email=email, password_hash=hash_password(body.password, settings))
     session.add(user)
     try:
         session.flush()
@@ -53,12 +53,12 @@ def register(body: RegisterIn, session: SessionDep) -> User:
 def _login(email: str, password: str, session: SessionDep, settings: SettingsDep) -> TokenOut:
     user = session.scalar(select(User).where(User.email == normalise_email(email)))
     if user is None:
-        verify_password(DUMMY_HASH, password)  # same cost whether or not the user exists
+        verify_password(dummy_hash(settings), password)  # same cost whether or not the user exists
         raise BAD_CREDENTIALS
     if not verify_password(user.password_hash, password) or not user.is_active:
         raise BAD_CREDENTIALS
-    if password_needs_rehash(user.password_hash):
-        user.password_hash = hash_password(password)
+    if password_needs_rehash(user.password_hash, settings):
+        user.password_hash = hash_password(password, settings)
     token, lifetime = create_access_token(user.id, settings)
     return TokenOut(access_token=token, expires_in=lifetime)
 
