@@ -1,0 +1,170 @@
+"""The whole platform, deployed by site.yml, used as a client would use it.
+
+Every request goes from e2e-client (a host in no deployment group) over HTTPS
+through Nginx on e2e-lb, trusting only the project CA.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import testinfra
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+REPO = Path(os.environ.get("AIPL_REPO", Path(__file__).resolve().parents[3]))
+LB = "10.90.20.10"
+BASE = f"https://{LB}"
+CA = "/tmp/e2e-ca.crt"
+APP_HOSTS = ("e2e-app1", "e2e-app2")
+
+
+def host(name: str):
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=INVENTORY)
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = host("e2e-client")
+    ca = host("e2e-lb").file("/etc/ai-platform/tls/ca.crt").content_string
+    c.run(f"cat > {CA} <<'EOF'\n{ca}EOF")
+    return c
+
+
+def curl(client, method: str, path: str, token: str | None = None, body=None,
+         form_file: str | None = None, expect: int | None = None) -> tuple[int, dict | str]:
+    args = ["curl", "-sS", "--cacert", CA, "-X", method, "-o", "/tmp/e2e-body", "-w", "%{http_code}"]
+    if token:
+        args += ["-H", f"'Authorization: Bearer {token}'"]
+    if body is not None:
+        args += ["-H", "'Content-Type: application/json'", "--data-binary", "'" + json.dumps(body) + "'"]
+    if form_file:
+        args += ["-F", f"file=@{form_file}"]
+    out = client.run(" ".join(args) + f" {BASE}{path}")
+    assert out.rc == 0, out.stderr
+    status = int(out.stdout.strip())
+    text = client.run("cat /tmp/e2e-body").stdout
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = text
+    if expect is not None:
+        assert status == expect, (method, path, status, data)
+    return status, data
+
+
+def test_health_green_with_every_component(client):
+    status, data = curl(client, "GET", "/health", expect=200)
+    assert data["status"] == "ok", data
+    for part in ("api", "database", "redis", "celery", "chroma"):
+        assert data[part]["status"] == "ok", (part, data)
+    assert "timestamp" in data
+
+
+def test_register_upload_index_search_ask(client):
+    email = f"e2e-{uuid.uuid4().hex[:8]}@example.org"
+    curl(client, "POST", "/api/v1/auth/register", body={"email": email, "password": "correct horse battery"},
+         expect=201)
+    _, tok = curl(client, "POST", "/api/v1/auth/login", body={"email": email, "password": "correct horse battery"},
+                  expect=200)
+    token = tok["access_token"]
+    _, project = curl(client, "POST", "/api/v1/projects", token, body={"name": "e2e"}, expect=201)
+    client.run("printf '# Reactor notes\\n\\nThe cooling loop of the prototype reactor uses heavy water "
+               "circulated by two redundant pumps.\\n\\nThe control rods are made of boron carbide.\\n' > /tmp/e2e.md")
+    _, doc = curl(client, "POST", f"/api/v1/projects/{project['id']}/documents", token,
+                  form_file="/tmp/e2e.md", expect=201)
+    deadline = time.time() + 240
+    while True:
+        _, d = curl(client, "GET", f"/api/v1/projects/{project['id']}/documents/{doc['id']}", token, expect=200)
+        if d["status"] in ("ready", "failed") or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert d["status"] == "ready", d
+    _, found = curl(client, "POST", f"/api/v1/projects/{project['id']}/search", token,
+                    body={"query": "what are the control rods made of", "top_k": 3}, expect=200)
+    assert found["results"], found
+    assert "boron" in json.dumps(found["results"][0]).lower()
+    _, answer = curl(client, "POST", f"/api/v1/projects/{project['id']}/ask", token,
+                     body={"question": "Which material are the control rods made of?"}, expect=200)
+    assert answer["mode"] == "extractive" and answer["sources"], answer
+    assert "boron" in answer["answer"].lower()
+
+
+def test_units_on_the_right_hosts():
+    for name in APP_HOSTS:
+        h = host(name)
+        for unit in ("ai-platform-api", "ai-platform-worker", "ai-platform.target"):
+            assert h.service(unit).is_running or unit.endswith(".target"), (name, unit)
+            assert h.service(unit).is_enabled, (name, unit)
+        env = h.file("/etc/ai-platform/app.env")
+        assert env.user == "root" and env.group == "aiplatform" and env.mode == 0o640
+    # Celery beat runs on exactly one host: the scheduler.
+    assert host("e2e-app1").service("ai-platform-beat").is_running
+    assert not host("e2e-app2").service("ai-platform-beat").is_running
+    assert not host("e2e-app2").file("/etc/systemd/system/ai-platform-beat.service").exists
+
+
+def test_api_killed_comes_back_and_lb_keeps_serving(client):
+    app1 = host("e2e-app1")
+    pid = app1.check_output("systemctl show -p MainPID --value ai-platform-api")
+    assert int(pid) > 0
+    app1.run(f"kill -9 {pid}")
+    # Meanwhile every request through the load balancer succeeds (the other app host answers).
+    codes = client.check_output(
+        f"for i in $(seq 60); do curl -s -o /dev/null -w '%{{http_code}}\\n' --cacert {CA} {BASE}/health/live;"
+        " sleep 0.1; done")
+    assert set(codes.split()) == {"200"}, codes
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        new = app1.check_output("systemctl show -p MainPID --value ai-platform-api")
+        if app1.service("ai-platform-api").is_running and new not in ("0", pid):
+            break
+        time.sleep(0.5)
+    assert app1.service("ai-platform-api").is_running and new != pid
+
+
+def _deploy(source: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    return subprocess.run(
+        ["ansible-playbook", "-i", INVENTORY, str(REPO / "playbooks" / "deploy.yml"),
+         "-e", f"app_source_dir={source}"],
+        env=env, capture_output=True, text=True, timeout=1200)
+
+
+def _source_copy(version: str, break_it: bool = False) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix="e2e-app-"))
+    dst = tmp / "app"
+    shutil.copytree(REPO / "app", dst, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    init = dst / "app" / "__init__.py"
+    init.write_text(re.sub(r'__version__ = "[^"]+"', f'__version__ = "{version}"', init.read_text()))
+    if break_it:
+        main = dst / "app" / "main.py"
+        main.write_text(main.read_text() + '\nraise RuntimeError("deliberately broken release")\n')
+    return dst
+
+
+def _current_release(name: str) -> str:
+    return host(name).check_output("readlink /opt/ai-platform/current")
+
+
+def test_rolling_deploy_then_broken_release_rolled_back(client):
+    good = _deploy(_source_copy("1.0.1"))
+    assert good.returncode == 0, good.stdout[-3000:]
+    for name in APP_HOSTS:
+        assert "/releases/1.0.1-" in _current_release(name)
+    curl(client, "GET", "/health", expect=200)
+
+    bad = _deploy(_source_copy("1.0.2", break_it=True))
+    assert bad.returncode != 0, "a release that cannot start must fail the deploy"
+    # The first host was rolled back, the second never touched: both on 1.0.1, site up.
+    for name in APP_HOSTS:
+        assert "/releases/1.0.1-" in _current_release(name), name
+        assert host(name).service("ai-platform-api").is_running
+    curl(client, "GET", "/health", expect=200)
