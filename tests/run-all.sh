@@ -45,12 +45,44 @@ if want images; then
   stage lab-images python3 tests/lab/lab.py image debian12 debian13
 fi
 if want molecule; then
+  # Scenarios run AIPL_MOLECULE_JOBS at a time (default 3): most of their time is
+  # spent waiting on apt, systemd and the network, not on the two cores.
+  logs="$repo/.cache/test-logs"; mkdir -p "$logs"
+  scen=()
   for d in roles/*/molecule/*/ molecule/*/; do
     [[ -f $d/molecule.yml ]] || continue
     d=${d%/}; s=$(basename "$d")
-    if [[ $d == roles/* ]]; then t=$(cut -d/ -f2 <<<"$d")/$s; else t=$s; fi
-    stage "molecule:$t" tests/molecule.sh "$t"
+    if [[ $d == roles/* ]]; then scen+=("$(cut -d/ -f2 <<<"$d")/$s"); else scen+=("$s"); fi
   done
+  # Longest first, so that the slow multi-host scenarios do not end up last.
+  mapfile -t scen < <(printf '%s\n' "${scen[@]}" | awk '{print (($0 ~ /^e2e|postgresql/) ? 0 : 1) " " $0}' | sort -s -k1,1n | cut -d' ' -f2)
+  jobs_max=${AIPL_MOLECULE_JOBS:-3}
+  declare -A pid_of=() start_of=()
+  run_one() { tests/molecule.sh "$1" >"$logs/molecule-${1//\//_}.log" 2>&1; }
+  finish() {  # finish NAME RC
+    local t=${start_of[$1]} log="$logs/molecule-${1//\//_}.log"
+    names+=("molecule:$1"); times+=($((SECONDS - t)))
+    if (($2 == 0)); then results+=(passed); passed=$((passed + 1)); echo "molecule:$1 passed ($((SECONDS - t)) s)"
+    else results+=(FAILED); failed=$((failed + 1)); echo "molecule:$1 FAILED ($((SECONDS - t)) s); end of $log:"; tail -n 60 "$log"; fi
+    grep -E '^=+ .*(passed|failed).* in ' "$log" | tail -n 1 | sed "s|^|  $1 testinfra: |"
+  }
+  reap() {  # reap LIMIT: collect finished scenarios until fewer than LIMIT run
+    while ((${#pid_of[@]} >= $1)); do
+      for n in "${!pid_of[@]}"; do
+        if ! kill -0 "${pid_of[$n]}" 2>/dev/null; then
+          local rc=0; wait "${pid_of[$n]}" || rc=$?; finish "$n" "$rc"; unset "pid_of[$n]"
+        fi
+      done
+      ((${#pid_of[@]} >= $1)) && sleep 1
+    done
+  }
+  echo; echo "################ molecule (${#scen[@]} scenarios, $jobs_max at a time; logs in .cache/test-logs)"
+  python3 tests/lab/lab.py engine
+  for s in "${scen[@]}"; do
+    reap "$jobs_max"
+    run_one "$s" & pid_of[$s]=$!; start_of[$s]=$SECONDS
+  done
+  reap 1
 fi
 want down && stage lab-down lab_down
 
