@@ -50,12 +50,13 @@ def _retrieve(session: Session, settings: Settings, project_id: uuid.UUID, query
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                             "embedding model unavailable") from None
     ids = {uuid.UUID(h.document_id) for h in hits if h.document_id}
-    names = dict(session.execute(
-        select(Document.id, Document.filename).where(
+    names: dict[uuid.UUID, str] = {}
+    if ids:
+        rows = session.execute(select(Document.id, Document.filename).where(
             Document.id.in_(ids), Document.project_id == project_id,
             Document.status == DocumentStatus.ready,
-        )
-    ).tuples().all()) if ids else {}
+        ))
+        names = {row.id: row.filename for row in rows}
     kept = [(h, names[uuid.UUID(h.document_id)]) for h in hits
             if h.document_id and uuid.UUID(h.document_id) in names]
     return kept, vec

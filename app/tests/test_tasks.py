@@ -1,0 +1,21 @@
+"""Celery configuration that the reliability story depends on."""
+
+from __future__ import annotations
+
+from app.tasks import celery_app, index_document
+
+
+def test_reliability_settings() -> None:
+    conf = celery_app.conf
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.task_track_started is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.broker_transport_options["visibility_timeout"] >= 60
+    assert index_document.max_retries >= 1
+
+
+def test_beat_schedule() -> None:
+    tasks = {entry["task"] for entry in celery_app.conf.beat_schedule.values()}
+    assert tasks == {"app.tasks.purge_documents", "app.tasks.reconcile_vectors"}
+    assert set(celery_app.tasks) >= tasks | {"app.tasks.index_document"}
