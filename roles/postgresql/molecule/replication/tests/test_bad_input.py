@@ -1,0 +1,86 @@
+"""Bad inventories fail before anything changes, with a clear message.
+
+Each case runs the role in check mode against local hosts of a small inventory;
+the role's checks must stop it in its first tasks. Runs on the control node.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(os.environ.get("AIPL_REPO", Path(__file__).resolve().parents[5]))
+PASSWORDS = {
+    "postgresql_app_password": "app-secret-123",
+    "postgresql_replication_password": "repl-secret-123",
+    "postgresql_admin_password": "admin-secret-123",
+}
+
+
+def inventory(primary, replicas, extra_vars=None, app=()):
+    def hosts(names):
+        return {n: {"ansible_host": f"10.99.0.{i + 1}"} for i, n in enumerate(names)} or None
+    allvars = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, **PASSWORDS}
+    allvars.update(extra_vars or {})
+    groups = {"db_primary": {"hosts": hosts(primary)}, "db_replicas": {"hosts": hosts(replicas)}}
+    if app:
+        groups["app"] = {"hosts": {n: {"ansible_host": "app.example.org"} for n in app}}
+    return {"all": {"vars": allvars, "children": groups}}
+
+
+CASES = {
+    "no primary": (inventory([], ["db2", "db3"]), "must hold exactly one host (the primary); it holds 0"),
+    "two primaries": (inventory(["db1", "db2"], ["db3"]), "must hold exactly one host (the primary); it holds 2"),
+    "host both primary and replica": (
+        {"all": {"vars": inventory(["db1"], [])["all"]["vars"],
+                 "children": {"db_primary": {"hosts": {"db1": {"ansible_host": "10.99.0.1"}}},
+                              "db_replicas": {"hosts": {"db1": None, "db2": {"ansible_host": "10.99.0.2"}}}}}},
+        "is in both 'db_primary' and 'db_replicas'"),
+    "missing password": (
+        inventory(["db1"], ["db2"], {"postgresql_app_password": None}), "postgresql_app_password"),
+    "empty password": (
+        inventory(["db1"], ["db2"], {"postgresql_replication_password": ""}),
+        "set postgresql_replication_password (from vault)"),
+    "app host without address": (
+        inventory(["db1"], ["db2"], app=["app1"]), "no IP address for app1"),
+    "synchronous without replicas": (
+        inventory(["db1"], [], {"postgresql_synchronous_replication": True}), "check postgresql_synchronous_num"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """Run every case at once (each is a separate ansible-playbook)."""
+    import json
+    tmp = Path(tempfile.mkdtemp(prefix="pg-bad-input-"))
+    play = tmp / "play.yml"
+    play.write_text(textwrap.dedent("""\
+        - hosts: db_primary:db_replicas
+          gather_facts: true
+          roles: [postgresql]
+    """))
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(REPO / "roles"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_CACHE_PLUGIN="memory", ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    procs = {}
+    for i, (case, (inv, _)) in enumerate(CASES.items()):
+        inv_file = tmp / f"inventory-{i}.json"
+        if inv["all"]["vars"].get("postgresql_app_password", "") is None:
+            del inv["all"]["vars"]["postgresql_app_password"]
+        inv_file.write_text(json.dumps(inv))
+        procs[case] = subprocess.Popen(
+            ["ansible-playbook", "--check", "-i", str(inv_file), str(play)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp)
+    return {case: (p.wait(timeout=300), p.stdout.read()) for case, p in procs.items()}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_inventory_fails_early_with_clear_message(runs, case):
+    rc, out = runs[case]
+    assert rc != 0, out
+    assert CASES[case][1] in out, out
+    # Nothing ran past the checks: no task changed anything.
+    assert "changed=0" in out and "changed=1" not in out, out
+    assert "Install PostgreSQL" not in out, out

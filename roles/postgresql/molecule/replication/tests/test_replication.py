@@ -1,0 +1,206 @@
+"""Streaming replication, TLS, access rules and backups on the converged lab hosts."""
+import time
+import uuid
+
+import pytest
+
+PRIMARY = "pg-repl-1"
+PRIMARY_ADDR = "10.90.2.11"
+REPLICAS = {"pg-repl-2": "10.90.2.12", "pg-repl-3": "10.90.2.13"}
+BACKUP_HOST = "pg-repl-2"
+APP_HOST = "pg-repl-3"
+DATA_DIR = "/var/lib/postgresql/15/main"
+CA = "/etc/ai-platform/tls/ca.crt"
+APP_PASSWORD = "app-secret-for-molecule-only"
+
+
+def name(host):
+    return host.backend.get_hostname()
+
+
+def sql(host, query, db="postgres"):
+    return host.check_output("runuser -u postgres -- psql -XAt -d %s -c %s", db, query)
+
+
+def other(host, hostname):
+    b = host.backend
+    return host.get_host(f"ansible://{hostname}", ansible_inventory=b.ansible_inventory, force_ansible=b.force_ansible)
+
+
+def only(host, *names):
+    if name(host) not in names:
+        pytest.skip(f"not for {name(host)}")
+
+
+def test_server_runs_and_starts_at_boot(host):
+    assert host.service("postgresql@15-main").is_running
+    assert host.service("postgresql").is_enabled
+
+
+def test_listens_on_loopback_and_private_address_only(host):
+    listening = host.check_output("ss -Hltn 'sport = :5432' | awk '{print $4}'").split()
+    own = PRIMARY_ADDR if name(host) == PRIMARY else REPLICAS[name(host)]
+    assert sorted(listening) == sorted(["127.0.0.1:5432", f"{own}:5432"] + (["[::1]:5432"] if "[::1]:5432" in listening else []))
+
+
+def test_data_checksums_and_scram(host):
+    assert sql(host, "SHOW data_checksums") == "on"
+    assert sql(host, "SHOW password_encryption") == "scram-sha-256"
+    hashes = sql(host, "SELECT rolname || ' ' || left(rolpassword, 14) FROM pg_authid WHERE rolpassword IS NOT NULL")
+    roles = dict(line.split(" ", 1) for line in hashes.splitlines())
+    assert set(roles) == {"postgres", "replicator", "aiplatform"}
+    assert set(roles.values()) == {"SCRAM-SHA-256$"}
+
+
+def test_pg_hba_generated_tls_and_scram_only(host):
+    f = host.file("/etc/postgresql/15/main/pg_hba.conf")
+    assert (f.user, f.group, f.mode) == ("postgres", "postgres", 0o640)
+    rules = [line.split() for line in f.content_string.splitlines() if line.strip() and not line.startswith("#")]
+    for rule in rules:
+        if rule[0] == "local":
+            assert rule[-1] in ("peer", "scram-sha-256")
+        elif rule[0] == "host":
+            assert rule[3] in ("127.0.0.1/32", "::1/128") and rule[4] == "scram-sha-256"
+        else:
+            assert rule[0] == "hostssl" and rule[4] == "scram-sha-256", rule
+    # The server parsed every line.
+    assert sql(host, "SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL") == "0"
+    app_rules = [r for r in rules if r[1] == "aiplatform"]
+    assert app_rules == [["hostssl", "aiplatform", "aiplatform", "10.90.2.13/32", "scram-sha-256", "#", APP_HOST]]
+
+
+def test_tls_key_private(host):
+    key = host.file("/etc/ai-platform/tls/postgresql.key")
+    assert (key.user, key.mode) == ("postgres", 0o600)
+    pgpass = host.file("/var/lib/postgresql/.pgpass")
+    assert (pgpass.user, pgpass.mode) == ("postgres", 0o600)
+
+
+def test_primary_streams_to_every_replica_over_tls(host):
+    only(host, PRIMARY)
+    assert sql(host, "SELECT pg_is_in_recovery()") == "f"
+    rows = sql(host, "SELECT r.application_name, r.state, r.sync_state, s.ssl, r.client_addr "
+                     "FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) ORDER BY 1")
+    assert rows.splitlines() == [f"{h}|streaming|quorum|t|{a}" for h, a in sorted(REPLICAS.items())]
+    assert sql(host, "SHOW synchronous_standby_names") == 'ANY 1 ("pg-repl-2", "pg-repl-3")'
+
+
+def test_one_active_slot_per_replica(host):
+    only(host, PRIMARY)
+    slots = sql(host, "SELECT slot_name, slot_type, active FROM pg_replication_slots ORDER BY 1")
+    assert slots.splitlines() == ["pg_repl_2|physical|t", "pg_repl_3|physical|t"]
+    assert sql(host, "SHOW max_slot_wal_keep_size") == "4GB"
+
+
+def test_replica_in_recovery_streaming_from_primary(host):
+    only(host, *REPLICAS)
+    assert sql(host, "SELECT pg_is_in_recovery()") == "t"
+    assert sql(host, "SELECT status, sender_host FROM pg_stat_wal_receiver") == f"streaming|{PRIMARY_ADDR}"
+    assert host.file(f"{DATA_DIR}/standby.signal").exists
+    # Nothing left over that would hold back WAL here.
+    assert sql(host, "SELECT count(*) FROM pg_replication_slots") == "0"
+
+
+def test_replica_was_not_cloned_again(host):
+    """The idempotence run kept each replica's data directory (a clone makes a new one)."""
+    only(host, *REPLICAS)
+    recorded = host.file("/root/molecule-datadir-identity").content_string.strip()
+    assert host.check_output(f"stat -c '%i %W' {DATA_DIR}/PG_VERSION") == recorded
+
+
+def test_same_system_identifier_everywhere(host):
+    sysid = sql(host, "SELECT system_identifier FROM pg_control_system()")
+    primary = other(host, PRIMARY)
+    assert sysid == sql(primary, "SELECT system_identifier FROM pg_control_system()")
+
+
+def test_row_written_on_primary_is_visible_on_replica(host):
+    only(host, *REPLICAS)
+    primary = other(host, PRIMARY)
+    token = str(uuid.uuid4())
+    sql(primary, "CREATE TABLE IF NOT EXISTS molecule_probe (token text PRIMARY KEY, at timestamptz DEFAULT now())")
+    sql(primary, f"INSERT INTO molecule_probe (token) VALUES ('{token}')")
+    for _ in range(30):
+        if sql(host, f"SELECT count(*) FROM molecule_probe WHERE token = '{token}'") == "1":
+            return
+        time.sleep(0.5)
+    pytest.fail(f"row {token} did not reach {name(host)}")
+
+
+def test_writes_refused_on_replica(host):
+    only(host, *REPLICAS)
+    result = host.run("runuser -u postgres -- psql -XAt -c 'CREATE TABLE refused (id int)'")
+    assert result.rc != 0
+    assert "read-only transaction" in result.stderr
+
+
+def test_app_host_connects_over_verified_tls(host):
+    only(host, APP_HOST)
+    conn = f"host={PRIMARY_ADDR} dbname=aiplatform user=aiplatform sslmode=verify-full sslrootcert={CA}"
+    out = host.check_output(f"PGPASSWORD={APP_PASSWORD} psql -XAt '{conn}' "
+                            "-c 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'")
+    assert out == "t"
+    plain = host.run(f"PGPASSWORD={APP_PASSWORD} psql -XAt "
+                     f"'host={PRIMARY_ADDR} dbname=aiplatform user=aiplatform sslmode=disable' -c 'SELECT 1'")
+    assert plain.rc != 0 and "no encryption" in plain.stderr
+
+
+def test_other_hosts_cannot_reach_the_app_database(host):
+    only(host, BACKUP_HOST)
+    conn = f"host={PRIMARY_ADDR} dbname=aiplatform user=aiplatform sslmode=verify-full sslrootcert={CA}"
+    result = host.run(f"PGPASSWORD={APP_PASSWORD} psql -XAt '{conn}' -c 'SELECT 1'")
+    assert result.rc != 0 and "no pg_hba.conf entry" in result.stderr
+
+
+def test_backup_timer_only_on_backup_host(host):
+    timer = host.service("postgresql-backup.timer")
+    if name(host) == BACKUP_HOST:
+        assert timer.is_enabled and timer.is_running
+        unit = host.file("/etc/systemd/system/postgresql-backup.timer").content_string
+        assert "Persistent=true" in unit and "RandomizedDelaySec=1h" in unit and "OnCalendar=daily" in unit
+    else:
+        assert not host.file("/etc/systemd/system/postgresql-backup.timer").exists
+
+
+def test_backup_set_complete_and_private(host):
+    only(host, BACKUP_HOST)
+    root = host.file("/var/backups/postgresql")
+    assert (root.user, root.mode) == ("postgres", 0o700)
+    sets = host.check_output("ls /var/backups/postgresql").split()
+    assert sets, "no backup set"
+    latest = f"/var/backups/postgresql/{sorted(sets)[-1]}"
+    host.check_output(f"cd {latest} && sha256sum --check --quiet SHA256SUMS")
+    dump = host.file(f"{latest}/aiplatform.dump")
+    assert (dump.user, dump.mode) == ("postgres", 0o600)
+    assert "pgbench_accounts" in host.check_output(f"/usr/lib/postgresql/15/bin/pg_restore --list {latest}/aiplatform.dump")
+    assert "CREATE ROLE aiplatform" in host.check_output(f"zcat {latest}/globals.sql.gz")
+    assert "backup set" in host.check_output("journalctl -u postgresql-backup.service --no-pager -q")
+
+
+def test_restored_database_matches_source(host):
+    only(host, PRIMARY)
+    for table, key in (("pgbench_accounts", "aid"), ("pgbench_branches", "bid"), ("pgbench_tellers", "tid"), ("marker", "id")):
+        q = f"SELECT count(*) || ' ' || md5(string_agg(t::text, ',' ORDER BY {key})) FROM {table} t"
+        source = sql(host, q, db="aiplatform")
+        assert source.startswith(("100000 ", "1 ", "10 ", "2 ")), source
+        assert sql(host, q, db="restore_check") == source, table
+    assert sql(host, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'restore_check'") == "aiplatform"
+
+
+def test_failed_backup_leaves_the_unit_failed(host):
+    only(host, BACKUP_HOST)
+    dropin = "/run/systemd/system/postgresql-backup.service.d"
+    host.check_output(f"mkdir -p {dropin} && printf 'BACKUP_DATABASES=no_such_db\\n' > /run/molecule-bad-backup.env")
+    host.check_output(f"printf '[Service]\\nEnvironmentFile=/run/molecule-bad-backup.env\\n' > {dropin}/bad.conf")
+    try:
+        host.check_output("systemctl daemon-reload")
+        assert host.run("systemctl start postgresql-backup.service").rc != 0
+        assert "postgresql-backup.service" in host.check_output("systemctl --failed --no-legend --plain")
+        assert not host.run("ls -d /var/backups/postgresql/.partial-* 2>/dev/null").stdout
+    finally:
+        host.run(f"rm -rf {dropin} /run/molecule-bad-backup.env && systemctl daemon-reload "
+                 "&& systemctl reset-failed postgresql-backup.service")
+
+
+def test_no_failed_units(host):
+    assert host.run("systemctl --failed --no-legend --plain").stdout.strip() == ""
