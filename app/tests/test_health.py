@@ -24,7 +24,7 @@ def test_health_all_ok(client: Any, worker: Any) -> None:
         assert body["status"] == "ok"
         for c in COMPONENTS:
             assert body[c]["status"] == "ok", c
-        assert body["celery"]["workers"] >= 1
+        assert body["celery"]["latency_ms"] < 1500  # answered, not timed out
         assert "timestamp" in body and body["version"] == "1.0.0"
 
 
