@@ -67,12 +67,23 @@ as_postgres() {
 }
 
 # ---------------------------------------------------------------- cleanup
+LOCKED=0
 PG_STARTED=0
+REDIS_STARTED=0
 REDIS_PIDFILE="$STATE/redis.pid"
 CHROMA_PID=""
 
+# True when PID is alive and its command line mentions WORD (guards against reused PIDs
+# in stale pidfiles).
+pid_matches() {
+  local pid=$1 word=$2
+  [[ "$pid" =~ ^[0-9]+$ && -r "/proc/$pid/cmdline" ]] || return 1
+  tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$word"
+}
+
 stop_pid() {  # stop_pid PID NAME: TERM, wait up to 15 s, then KILL
   local pid=$1 name=$2 i
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
   kill -0 "$pid" 2>/dev/null || return 0
   kill -TERM "$pid" 2>/dev/null || true
   for i in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
@@ -81,16 +92,22 @@ stop_pid() {  # stop_pid PID NAME: TERM, wait up to 15 s, then KILL
 }
 
 cleanup() {
-  local rc=$?
+  local rc=$? pid f
   set +e
+  ((LOCKED)) || exit "$rc"  # never touch what another run (holding the lock) started
   # Workers the tests started and could not stop (e.g. pytest was interrupted).
   for f in "$STATE"/pids/*.pid; do
     [[ -f "$f" ]] || continue
-    stop_pid "$(cat "$f")" "test process $(basename "$f" .pid)"
+    pid="$(cat "$f")"
+    if pid_matches "$pid" celery || pid_matches "$pid" uvicorn; then
+      stop_pid "$pid" "test process $(basename "$f" .pid)"
+    fi
     rm -f "$f"
   done
   [[ -n "$CHROMA_PID" ]] && stop_pid "$CHROMA_PID" chroma
-  if [[ -f "$REDIS_PIDFILE" ]]; then stop_pid "$(cat "$REDIS_PIDFILE")" redis; rm -f "$REDIS_PIDFILE"; fi
+  if ((REDIS_STARTED)) && [[ -f "$REDIS_PIDFILE" ]]; then
+    stop_pid "$(cat "$REDIS_PIDFILE")" redis; rm -f "$REDIS_PIDFILE"
+  fi
   if ((PG_STARTED)); then
     as_postgres "$PG_BIN/pg_ctl" -D "$STATE/pg" -m fast -w stop >/dev/null 2>&1
   fi
@@ -102,7 +119,13 @@ trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- setup
 install_packages
-mkdir -p "$STATE/pids"
+mkdir -p "$STATE/pids" "$STATE/tmp"
+# One run at a time per checkout: a second run waits instead of sharing the services.
+exec 9>"$STATE/run.lock"
+if ! flock -n 9; then log "another run holds $STATE/run.lock, waiting"; flock 9; fi
+LOCKED=1
+export TMPDIR="$STATE/tmp"           # pytest's tmp_path and spooled uploads stay in the repo
+export ANONYMIZED_TELEMETRY=False    # chroma: no telemetry attempts
 ensure_venv "$APP_VENV" "$REPO/app/requirements.lock" "$REPO/app/requirements-test.lock"
 ensure_venv "$CHROMA_VENV" "$REPO/app/requirements-chroma-server.lock"
 log "installing the app into $APP_VENV"
@@ -123,17 +146,21 @@ if as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
   as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
 fi
 PG_PORT="$(free_port)"
+PG_STARTED=1
 as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$STATE/pg-run/postgres.log" -w -t 60 \
   -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$STATE/pg-run -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
   start >/dev/null
-PG_STARTED=1
 
 # Redis: daemonized, no persistence.
-if [[ -f "$REDIS_PIDFILE" ]]; then stop_pid "$(cat "$REDIS_PIDFILE")" "stale redis"; rm -f "$REDIS_PIDFILE"; fi
+if [[ -f "$REDIS_PIDFILE" ]]; then
+  pid_matches "$(cat "$REDIS_PIDFILE")" redis-server && stop_pid "$(cat "$REDIS_PIDFILE")" "stale redis"
+  rm -f "$REDIS_PIDFILE"
+fi
 REDIS_PORT="$(free_port)"
 mkdir -p "$STATE/redis"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --daemonize yes --pidfile "$REDIS_PIDFILE" \
   --dir "$STATE/redis" --save '' --appendonly no --logfile "$STATE/redis/redis.log"
+REDIS_STARTED=1
 for _ in $(seq 1 100); do
   redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1
 done
