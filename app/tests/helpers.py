@@ -86,7 +86,7 @@ class Worker:
         self.env = env
         self.log_path = _state_dir() / "logs" / f"celery-{name}.log"
         self.pidfile = _state_dir() / "pids" / f"celery-{name}-{_run_id()}.pid"
-        self._log = self.log_path.open("ab")
+        self._log = self.log_path.open("wb")  # one log per run
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "app.tasks.celery_app", "worker",
              "--loglevel", "INFO", "--pool", "prefork", "--concurrency", str(concurrency),
