@@ -65,7 +65,7 @@ def _setup_logging(**_: Any) -> None:  # replaces Celery's own logging setup
 
 def _backoff(retries: int) -> float:
     base = settings.index_retry_backoff_seconds * (2**retries)
-    return min(base, settings.index_retry_backoff_max_seconds) * random.uniform(0.8, 1.2)
+    return float(min(base, settings.index_retry_backoff_max_seconds) * random.uniform(0.8, 1.2))
 
 
 def _store() -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 
+import numpy as np
 from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -37,7 +38,7 @@ def _snippet(text: str) -> str:
 
 
 def _retrieve(session: Session, settings: Settings, project_id: uuid.UUID, query: str,
-              top_k: int) -> tuple[list[tuple[Hit, str]], object]:
+              top_k: int) -> tuple[list[tuple[Hit, str]], np.ndarray]:
     try:
         vec = get_embedder().embed([query])[0]
         hits = get_vector_store(settings).search(str(project_id), vec, top_k)
@@ -99,7 +100,7 @@ def ask(project_id: uuid.UUID, body: AskIn, user: CurrentUserRead, session: Read
         except ProviderError as exc:
             provider_error = str(exc)
             log.warning("provider_failed", provider=provider.name, error=provider_error)
-    answer = extractive_answer(qvec, passages, get_embedder())  # type: ignore[arg-type]
+    answer = extractive_answer(qvec, passages, get_embedder())
     return AskOut(answer=answer, mode="extractive",
                   provider=provider.name if provider else None,
                   provider_error=provider_error, sources=sources)
