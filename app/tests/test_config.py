@@ -103,3 +103,12 @@ def test_invalid_number_names_variable() -> None:
     r = _run([sys.executable, "-m", "app.cli", "check-config"], DATABASE_POOL_SIZE="lots")
     assert r.returncode == 1
     assert "DATABASE_POOL_SIZE" in r.stderr
+
+
+def test_chroma_token_header() -> None:
+    assert Settings(chroma_token=None).chroma_headers == {}
+    assert Settings(chroma_token="tok").chroma_headers == {"Authorization": "Bearer tok"}
+    s = Settings(chroma_token="tok", chroma_auth_header="X-Chroma-Token")
+    assert s.chroma_headers == {"X-Chroma-Token": "tok"}
+    assert Settings(chroma_url="https://chroma.internal").chroma_host_port_ssl == (
+        "chroma.internal", 443, True)
