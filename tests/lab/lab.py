@@ -58,6 +58,8 @@ INCLUDE = "systemd,systemd-sysv,dbus,python3,python3-apt,openssh-server,sudo,ipr
 # (see shared notes): a private cgroup namespace and a tmpfs over /sys/fs/cgroup.
 HOST_FLAGS = [
     "--cgroupns=private", "--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined",
+    # ufw/firewalld program netfilter in the host's own network namespace.
+    "--cap-add", "NET_ADMIN",
     "--security-opt", "apparmor=unconfined",
     "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/sys/fs/cgroup",
     "--stop-signal", "SIGRTMIN+3",  # systemd's clean shutdown
