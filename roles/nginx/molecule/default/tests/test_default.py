@@ -11,6 +11,15 @@ def test_nginx_running_and_enabled(host):
     assert host.run("nginx -t -q").rc == 0
 
 
+def test_workers_have_enough_open_files(host):
+    worker = host.check_output("pgrep -u www-data -o nginx")
+    limits = host.file(f"/proc/{worker}/limits").content_string
+    soft = next(line.split()[3] for line in limits.splitlines() if line.startswith("Max open files"))
+    assert int(soft) >= 8192  # 2 x worker_connections
+    assert "exceed open file resource limit" not in host.run("journalctl -u nginx --no-pager -q; "
+                                                             "tail -n 50 /var/log/nginx/error.log").stdout
+
+
 def test_files(host):
     conf = host.file("/etc/nginx/conf.d/ai-platform.conf")
     assert conf.user == "root" and conf.mode == 0o644
