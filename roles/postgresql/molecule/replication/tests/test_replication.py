@@ -1,6 +1,9 @@
 """Streaming replication, TLS, access rules and backups on the converged lab hosts."""
+import os
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -185,6 +188,24 @@ def test_restored_database_matches_source(host):
         assert source.startswith(("100000 ", "1 ", "10 ", "2 ")), source
         assert sql(host, q, db="restore_check") == source, table
     assert sql(host, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'restore_check'") == "aiplatform"
+
+
+def test_restore_refuses_to_replace_the_live_database():
+    """playbooks/restore.yml into the live database without both guard variables fails, changing nothing."""
+    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
+    if not inventory:
+        pytest.skip("needs Molecule's inventory")
+    repo = Path(os.environ.get("AIPL_REPO", Path(__file__).resolve().parents[5]))
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(repo / "roles"), ANSIBLE_NOCOLOR="1")
+    run = subprocess.run(
+        ["ansible-playbook", "-i", inventory, str(repo / "playbooks/restore.yml"),
+         "-e", "postgresql_restore_database=aiplatform", "-e", "postgresql_restore_replace=true"],
+        capture_output=True, text=True, env=env, cwd=repo, timeout=600)
+    out = run.stdout + run.stderr
+    assert run.returncode != 0, out
+    assert "database aiplatform exists on pg-repl-1 (a live database of the application)" in out, out
+    assert "-e postgresql_restore_confirm=aiplatform" in out, out
+    assert "changed=0" in out and "changed=1" not in out, out
 
 
 def test_failed_backup_leaves_the_unit_failed(host):
