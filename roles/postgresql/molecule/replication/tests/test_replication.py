@@ -188,6 +188,10 @@ def test_restored_database_matches_source(host):
         assert source.startswith(("100000 ", "1 ", "10 ", "2 ")), source
         assert sql(host, q, db="restore_check") == source, table
     assert sql(host, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'restore_check'") == "aiplatform"
+    # The second restore replaced restore_check and kept the first one aside, still complete.
+    aside = sql(host, "SELECT datname FROM pg_database WHERE datname LIKE 'restore_check_pre_%'").split()
+    assert len(aside) == 1, aside
+    assert sql(host, "SELECT count(*) FROM pgbench_accounts", db=aside[0]) == "100000"
 
 
 def test_restore_refuses_to_replace_the_live_database():
