@@ -37,6 +37,7 @@ ln -sf /lib/systemd/system/ssh.service "$root/etc/systemd/system/multi-user.targ
 for unit in getty@tty1.service console-getty.service systemd-firstboot.service \
             systemd-remount-fs.service sys-kernel-config.mount sys-kernel-debug.mount \
             sys-kernel-tracing.mount systemd-udevd.service systemd-udev-trigger.service \
-            systemd-modules-load.service; do
+            systemd-modules-load.service systemd-ask-password-console.path \
+            systemd-ask-password-wall.path; do
   ln -sf /dev/null "$root/etc/systemd/system/$unit"
 done

@@ -396,7 +396,7 @@ def host_up(name: str, hv: dict) -> None:
            "--memory", str(hv.get("lab_memory", "2g")), image)
 
 
-def wait_ready(names: list[str], timeout: float = 120) -> None:
+def wait_ready(names: list[str], timeout: float = 300) -> None:
     """Wait until systemd has finished booting every host; a degraded boot is an error."""
     deadline = time.time() + timeout
     pending = set(names)
