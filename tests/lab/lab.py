@@ -295,7 +295,11 @@ def mounts_under(prefixes: list[str]) -> list[str]:
 
 
 def remove_cgroup_tree(path: Path) -> None:
-    for child in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+    try:
+        children = [p for p in path.rglob("*") if p.is_dir()]
+    except FileNotFoundError:  # removed meanwhile
+        children = []
+    for child in sorted(children, key=lambda p: -len(p.parts)):
         try:
             child.rmdir()
         except OSError:
