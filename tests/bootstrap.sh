@@ -19,6 +19,20 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# promtool (alert rule unit tests) from Debian's `prometheus` package: the
+# package is fetched with apt and only promtool is unpacked into .cache/bin, so
+# that no Prometheus server is installed or started on the test machine.
+promtool="$repo/.cache/bin/promtool"
+if [[ ! -x $promtool ]]; then
+  echo "bootstrap: unpacking promtool from Debian's prometheus package"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus >/dev/null; })
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+  mkdir -p "$repo/.cache/bin"
+  install -m 0755 "$tmp/x/usr/bin/promtool" "$promtool"
+  rm -rf -- "$tmp"
+fi
+
 venv="$repo/.venv"
 stamp="$venv/.requirements.sha256"
 want=$(sha256sum "$repo/requirements.txt" | cut -d' ' -f1)

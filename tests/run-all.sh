@@ -36,6 +36,8 @@ if want lint; then
   stage yamllint yamllint --strict .
   stage ansible-lint ansible-lint --profile production
   stage syntax-check ansible-playbook --syntax-check site.yml playbooks/*.yml
+  # Alert rules: promtool check rules + promtool test rules (roles/monitoring/tests).
+  stage promtool-rules roles/monitoring/tests/promtool.sh
 fi
 if want app && [[ -x tests/run-app-tests.sh ]]; then
   stage app-tests tests/run-app-tests.sh -q
