@@ -20,3 +20,11 @@ def test_installed_from_the_hosts_own_wheelhouse(host):
     wheels = host.check_output(f"ls /var/cache/ai-platform/wheelhouse/{houses[0]}").split()
     assert any(w.lower().startswith("markupsafe-3.0.2-") and f"-{tag}-" in w for w in wheels), wheels
     assert "requirements.txt" in wheels
+
+
+def test_markers_follow_the_hosts_python(host):
+    """A requirement whose marker holds only for the host's patch level is installed there."""
+    full = host.check_output("python3 -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])'")
+    needed = tuple(int(x) for x in full.split(".")) < (3, 11, 3)
+    got = host.run("/opt/moltest/venv/bin/python -c 'import async_timeout'")
+    assert (got.rc == 0) == needed, (full, got.stderr)
