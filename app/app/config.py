@@ -89,6 +89,16 @@ class Settings(BaseSettings):
 
     health_timeout_seconds: float = Field(default=2.0, gt=0)
 
+    # Prometheus metrics (app.metrics): GET /metrics, for the monitoring hosts only.
+    metrics_enabled: bool = True
+    # Further multiprocess folders to sum, ':'-separated (the Celery worker's), besides
+    # PROMETHEUS_MULTIPROC_DIR of this process.
+    metrics_multiproc_dirs: str = ""
+    metrics_cache_seconds: float = Field(default=5.0, ge=0)  # queue length, documents by status
+
+    # Sentry error reporting: only when set and the optional sentry-sdk is installed.
+    sentry_dsn: SecretStr | None = None
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.chunk_overlap >= self.chunk_size:

@@ -80,3 +80,19 @@ def configure_logging(level: str = "INFO") -> None:
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.stdlib.get_logger(name)
+
+
+def init_sentry(settings: Any) -> bool:
+    """Report errors to Sentry when SENTRY_DSN is set and the optional sentry-sdk is
+    installed (it is not in requirements.lock). Unset: nothing is imported, no network."""
+    dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else ""
+    if not dsn:
+        return False
+    try:
+        import sentry_sdk  # type: ignore[import-not-found]
+    except ImportError:
+        get_logger("app.log").warning("sentry_sdk_missing",
+                                      hint="SENTRY_DSN is set but sentry-sdk is not installed")
+        return False
+    sentry_sdk.init(dsn=dsn, environment=settings.environment, send_default_pii=False)
+    return True

@@ -6,14 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app import __version__
 from app.api import auth, documents, health, projects, providers, search
 from app.config import Settings, get_settings
 from app.db import Database
-from app.log import configure_logging, get_logger
+from app.log import configure_logging, get_logger, init_sentry
+from app.metrics import registry_for, render
 from app.middleware import RequestContextMiddleware
 
 log = get_logger("app.main")
@@ -23,6 +24,7 @@ API_PREFIX = "/api/v1"
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()  # production refuses placeholder secrets here
     configure_logging(settings.log_level)
+    init_sentry(settings)
     db = Database(settings)
 
     @asynccontextmanager
@@ -42,8 +44,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = db
 
-    # Middleware: the outermost is added last. Metrics middleware can go right here.
+    # Middleware: the outermost is added last. It also counts and times requests.
     app.add_middleware(RequestContextMiddleware)
+
+    if settings.metrics_enabled:
+        registry = registry_for(settings, db)
+
+        # Plain def: FastAPI runs it in a thread, so the scrape-time queries never block
+        # the event loop.
+        @app.get("/metrics", include_in_schema=False)
+        def metrics() -> Response:
+            body, content_type = render(registry)
+            return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
 
     for router in (auth.router, auth.users_router, projects.router, documents.router,
                    search.router, providers.router):

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware (safe with streaming bodies). Metrics can be added here later."""
+"""Pure ASGI middleware (safe with streaming bodies): request ids, access log, metrics."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.log import get_logger
+from app.metrics import observe_request
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -17,7 +18,8 @@ log = get_logger("app.access")
 
 
 class RequestContextMiddleware:
-    """Request id (accepted from X-Request-ID or made), X-Process-Time, one access log line."""
+    """Request id (accepted from X-Request-ID or made), X-Process-Time, one access log line,
+    and the request's count and duration by route template (app.metrics)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -47,6 +49,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            observe_request(scope, status, time.perf_counter() - start)
             log.info(
                 "request",
                 method=scope["method"],

@@ -18,7 +18,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import get_settings
 from app.db import get_database
-from app.log import configure_logging, get_logger
+from app.log import configure_logging, get_logger, init_sentry
+from app.metrics import connect_celery_signals
 from app.models import DocumentStatus
 
 settings = get_settings()
@@ -61,6 +62,10 @@ celery_app.conf.update(
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:  # replaces Celery's own logging setup
     configure_logging(settings.log_level)
+    init_sentry(settings)
+
+
+connect_celery_signals()  # task counts, durations, failures (app.metrics)
 
 
 def _backoff(retries: int) -> float:

@@ -109,6 +109,14 @@ def test_health_passed_through_and_not_logged(client):
     assert float(entry["upstream_response_time"]) >= 0 and entry["tls"].startswith("TLSv1.")
 
 
+def test_app_metrics_not_served_by_the_public_site(client):
+    # The test backend answers 200 on every path: a 404 here comes from Nginx itself.
+    for path in ("/metrics", "/metrics/", "/metrics?format=x", "//metrics", "/%6detrics"):
+        out = curl(client, "-o", "/dev/null", "-w", "%{http_code}", path=path)
+        assert out.stdout == "404", path
+    assert curl(client, "-o", "/dev/null", "-w", "%{http_code}", path="/api/v1/metrics-like").stdout == "200"
+
+
 def test_body_limits(client):
     client.run("head -c 51M /dev/zero > /tmp/51m; head -c 49M /dev/zero > /tmp/49m; head -c 2M /dev/zero > /tmp/2m")
     post = ("-o", "/tmp/resp", "-w", "%{http_code}", "-H", "Content-Type: application/octet-stream")
