@@ -1,0 +1,178 @@
+"""What the monitoring and exporters roles promise, checked on the converged lab hosts.
+
+mon-prom runs Prometheus, Alertmanager and Redis; mon-db1 is the PostgreSQL
+primary, mon-db2 its replica and the backup host. The alert checks run from
+mon-prom and act on the database hosts (windows are short in molecule.yml).
+"""
+
+import json
+import time
+import urllib.parse
+
+import pytest
+
+PROM = "mon-prom"
+DB_PRIMARY, DB_REPLICA = "mon-db1", "mon-db2"
+ADDRESSES = {PROM: "10.90.12.10", DB_PRIMARY: "10.90.12.11", DB_REPLICA: "10.90.12.12"}
+# GET a URL on the host itself (no curl in the lab images) and print the body.
+GET = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+
+
+def name(host):
+    return host.backend.get_hostname()
+
+
+def other(host, hostname):
+    b = host.backend
+    return host.get_host(f"ansible://{hostname}", ansible_inventory=b.ansible_inventory, force_ansible=b.force_ansible)
+
+
+def get(host, url):
+    return host.check_output("python3 -c %s %s", GET, url)
+
+
+def api(host, path):
+    return json.loads(get(host, "http://127.0.0.1:9090/api/v1/" + path))["data"]
+
+
+def wait_for(what, check, timeout=180, step=5):
+    """Poll check() until it returns a true value; return it, or fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(step)
+
+
+def firing(host, alertname):
+    return [a for a in api(host, "alerts")["alerts"] if a["labels"]["alertname"] == alertname and a["state"] == "firing"]
+
+
+@pytest.fixture
+def prom(host):
+    if name(host) != PROM:
+        pytest.skip("checked from the monitoring host")
+    return host
+
+
+# --- every host --------------------------------------------------------------------
+
+def test_node_exporter_listens_on_the_private_address_only(host):
+    sockets = [str(s) for s in host.socket.get_listening_sockets()]
+    assert f"tcp://{ADDRESSES[name(host)]}:9100" in sockets
+    assert "tcp://0.0.0.0:9100" not in sockets and "tcp://:::9100" not in sockets
+
+
+def test_certificate_metrics_are_written(host):
+    f = host.file("/var/lib/prometheus/node-exporter/tls_certificates.prom")
+    assert f.exists and f.mode == 0o644
+    assert "tls_certificate_check_timestamp_seconds " in f.content_string
+    if name(host) != PROM:
+        assert 'path="/etc/ai-platform/tls/ca.crt"' in f.content_string
+
+
+def test_no_failed_units(host):
+    assert host.check_output("systemctl --failed --no-legend --plain") == ""
+
+
+# --- Prometheus and Alertmanager -------------------------------------------------------
+
+def test_prometheus_and_alertmanager_listen_on_loopback_only(prom):
+    sockets = [str(s) for s in prom.socket.get_listening_sockets()]
+    assert "tcp://127.0.0.1:9090" in sockets and "tcp://127.0.0.1:9093" in sockets
+    assert not [s for s in sockets if s.endswith((":9090", ":9093", ":9094")) and "127.0.0.1" not in s]
+
+
+def test_every_target_is_up(prom):
+    expected = {("prometheus", PROM), ("alertmanager", PROM), ("node", PROM), ("node", DB_PRIMARY),
+                ("node", DB_REPLICA), ("postgres", DB_PRIMARY), ("postgres", DB_REPLICA),
+                ("redis", f"{PROM}:broker"), ("redis", f"{PROM}:cache")}
+
+    def all_up():
+        targets = api(prom, "targets")["activeTargets"]
+        seen = {(t["labels"]["job"], t["labels"]["instance"]): t["health"] for t in targets}
+        assert set(seen) == expected, seen
+        return all(h == "up" for h in seen.values()) and seen
+
+    wait_for("every target up", all_up, timeout=90)
+
+
+def test_rules_are_loaded_with_annotations(prom):
+    rules = [r for g in api(prom, "rules")["groups"] for r in g["rules"]]
+    assert len(rules) == 16
+    for r in rules:
+        assert r["annotations"]["summary"] and r["annotations"]["description"], r["name"]
+
+
+def test_exporters_report_replication_redis_and_certificates(prom):
+    def query(q):
+        return api(prom, "query?query=" + urllib.parse.quote(q))["result"]
+
+    wait_for("first scrapes", lambda: query("aiplatform_pg_replication_slot_active"), timeout=60)
+    slots = query('aiplatform_pg_replication_slot_active{instance="mon-db1"}')
+    assert [(s["metric"]["slot_name"], s["value"][1]) for s in slots] == [("mon_db2", "1")]
+    assert query('aiplatform_pg_recovery_wal_receiver_streaming{instance="mon-db2"}')[0]["value"][1] == "1"
+    assert {r["metric"]["instance"] for r in query("redis_up == 1")} == {f"{PROM}:broker", f"{PROM}:cache"}
+    units = query('node_systemd_unit_state{name="postgresql.service", state="active"} == 1')
+    assert {r["metric"]["instance"] for r in units} == {DB_PRIMARY, DB_REPLICA}
+    certs = query("tls_certificate_not_after_timestamp_seconds - time() > 300 * 86400")
+    assert {r["metric"]["instance"] for r in certs} >= {DB_PRIMARY, DB_REPLICA}
+
+
+def test_alertmanager_runs_without_receivers(prom):
+    prom.run_test("amtool check-config /etc/prometheus/alertmanager.yml")
+    status = json.loads(get(prom, "http://127.0.0.1:9093/api/v2/status"))
+    assert status["cluster"]["status"] == "disabled"
+
+
+def test_a_failed_backup_fires_the_backup_alert(prom):
+    db = other(prom, DB_REPLICA)
+    metrics = "/var/lib/prometheus/node-exporter/postgresql_backup.prom"
+    db.run_test("systemctl start postgresql-backup.service")
+    assert "postgresql_backup_last_exit_status 0" in db.file(metrics).content_string
+    # The same service, made to fail.
+    dropin = "/run/systemd/system/postgresql-backup.service.d"
+    db.run_test(f"mkdir -p {dropin} && printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' >{dropin}/fail.conf"
+                " && systemctl daemon-reload")
+    try:
+        assert db.run("systemctl start postgresql-backup.service").rc != 0
+        content = db.file(metrics).content_string
+        assert "postgresql_backup_last_exit_status 1" in content
+        assert "postgresql_backup_last_success_timestamp_seconds" in content  # kept from the good run
+        alert = wait_for("BackupFailed firing", lambda: firing(prom, "BackupFailed"), timeout=60)
+        assert alert[0]["labels"]["instance"] == DB_REPLICA
+        # ... and Alertmanager shows it, with no receiver configured.
+        wait_for("BackupFailed in Alertmanager", lambda: [
+            a for a in json.loads(get(prom, "http://127.0.0.1:9093/api/v2/alerts"))
+            if a["labels"]["alertname"] == "BackupFailed"], timeout=60)
+    finally:
+        db.run(f"rm -rf {dropin} && systemctl daemon-reload && systemctl reset-failed postgresql-backup.service")
+    db.run_test("systemctl start postgresql-backup.service")
+    assert "postgresql_backup_last_exit_status 0" in db.file(metrics).content_string
+
+
+def test_stopping_the_replica_fires_the_replica_alert(prom):
+    db = other(prom, DB_REPLICA)
+    started = time.monotonic()
+    db.run_test("systemctl stop postgresql.service")
+    try:
+        alert = wait_for("PostgresqlReplicaNotStreaming firing",
+                         lambda: firing(prom, "PostgresqlReplicaNotStreaming"), timeout=120)
+        print(f"PostgresqlReplicaNotStreaming fired {time.monotonic() - started:.0f} s after the stop")
+        assert alert[0]["labels"]["instance"] == DB_PRIMARY
+        assert alert[0]["labels"]["slot_name"] == "mon_db2"
+        wait_for("PostgresqlDown firing", lambda: firing(prom, "PostgresqlDown"), timeout=90)
+    finally:
+        db.run_test("systemctl start postgresql.service")
+    wait_for("replica streaming again", lambda: not firing(prom, "PostgresqlReplicaNotStreaming"), timeout=120)
+
+
+def test_database_hosts_send_their_journals_to_the_collector(prom):
+    def senders():
+        out = prom.check_output("journalctl -D /var/log/journal/remote --field _HOSTNAME 2>/dev/null || true")
+        return {DB_PRIMARY, DB_REPLICA} <= set(out.split()) and out
+
+    wait_for("journals of both database hosts on the collector", senders, timeout=60)
