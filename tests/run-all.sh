@@ -62,7 +62,7 @@ if want molecule; then
     if [[ $d == roles/* ]]; then scen+=("$(cut -d/ -f2 <<<"$d")/$s"); else scen+=("$s"); fi
   done
   # Longest first, so that the slow multi-host scenarios do not end up last.
-  mapfile -t scen < <(printf '%s\n' "${scen[@]}" | awk '{print (($0 ~ /^e2e|postgresql/) ? 0 : 1) " " $0}' | sort -s -k1,1n | cut -d' ' -f2)
+  mapfile -t scen < <(printf '%s\n' "${scen[@]}" | awk '{print (($0 ~ /^e2e|postgresql|monitoring/) ? 0 : 1) " " $0}' | sort -s -k1,1n | cut -d' ' -f2)
   jobs_max=${AIPL_MOLECULE_JOBS:-3}
   declare -A pid_of=() start_of=()
   run_one() { tests/molecule.sh "$1" >"$logs/molecule-${1//\//_}.log" 2>&1; }
