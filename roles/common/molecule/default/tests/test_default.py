@@ -38,12 +38,13 @@ def test_journald_persistent_with_limits(host):
 def test_sysctl_file(host):
     f = host.file("/etc/sysctl.d/60-ai-platform.conf")
     assert f.mode == 0o644
-    lines = dict(line.split("=", 1) for line in f.content_string.split("\n") if "=" in line and not line.startswith("#"))
-    assert lines["vm.swappiness"].strip() == "10"
-    assert lines["net.ipv4.tcp_fin_timeout"].strip() == "30"
+    pairs = [line.split("=", 1) for line in f.content_string.split("\n") if "=" in line and not line.startswith("#")]
+    lines = {k.strip(): v.strip() for k, v in pairs}
+    assert lines["vm.swappiness"] == "10"
+    assert lines["net.ipv4.tcp_fin_timeout"] == "30"
     # Every key names a parameter the kernel knows (a typo would be silently ignored at boot).
     for key in lines:
-        assert host.run(f"sysctl -n {key.strip()}").rc == 0, key
+        assert host.run(f"sysctl -n {key}").rc == 0, key
 
 
 def test_no_failed_units(host):
