@@ -13,7 +13,7 @@ FILES = "/etc/nginx/nginx.conf /etc/nginx/conf.d/*"
 
 def test_bad_config_refused_site_stays_up(host, client):
     before = host.check_output(f"sha256sum {FILES}")
-    master = host.check_output("cat /run/nginx.pid")
+    master = host.check_output("systemctl show -p MainPID --value nginx")
     out = subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(SCENARIO / "bad_config.yml")],
                          env=dict(os.environ, ANSIBLE_NOCOLOR="1"), capture_output=True, text=True, timeout=900)
     text = out.stdout + out.stderr
@@ -21,6 +21,6 @@ def test_bad_config_refused_site_stays_up(host, client):
     assert "nginx -t refused the new configuration" in text
     assert "proxy_buffering" in text  # nginx's own message is passed on
     assert host.check_output(f"sha256sum {FILES}") == before  # previous files back, no leftovers
-    assert host.check_output("cat /run/nginx.pid") == master
+    assert host.check_output("systemctl show -p MainPID --value nginx") == master
     assert "proxy_buffering maybe" not in host.check_output("nginx -T 2>/dev/null")
     assert curl(client, "-o", "/dev/null", "-w", "%{http_code}", path="/api/v1/ping").stdout == "200"
