@@ -1,0 +1,50 @@
+"""The sandbox drop-in of postgresql@.service (Debian 12, PostgreSQL 15): exposure, confinement, and
+the server features it must leave alone (JIT, parallel query)."""
+import re
+
+UNIT = "postgresql@15-main.service"
+# Measured on the Debian 12 lab hosts (9.6 without the drop-in).
+MAX_EXPOSURE = 1.3
+
+
+def sql(host, *queries):
+    cmd = " ".join(f"-c {q!r}" for q in queries)
+    return host.check_output(f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d postgres {cmd}")
+
+
+def test_exposure(exposure):
+    assert exposure(UNIT) <= MAX_EXPOSURE
+
+
+def test_every_process_runs_as_postgres_without_capabilities(host):
+    cgroup = host.check_output(f"systemctl show -p ControlGroup --value {UNIT}")
+    pids = host.file(f"/sys/fs/cgroup{cgroup}/cgroup.procs").content_string.split()
+    assert len(pids) >= 4  # postmaster, checkpointer, ...
+    for pid in pids:
+        status = host.file(f"/proc/{pid}/status").content_string
+        assert re.search(r"^Uid:\s+(\d+)", status, re.M).group(1) == str(host.user("postgres").uid)
+        assert int(re.search(r"^CapBnd:\s+([0-9a-f]+)", status, re.M).group(1), 16) == 0
+        assert re.search(r"^NoNewPrivs:\s+1", status, re.M)
+
+
+def test_system_read_only_data_writable(host):
+    pid = host.check_output(f"systemctl show -p MainPID --value {UNIT}")
+    ro = host.run(f"nsenter -t {pid} -m touch /etc/postgresql/sandbox-probe")
+    assert ro.rc != 0 and "Read-only file system" in ro.stderr
+    host.run_expect([0], f"nsenter -t {pid} -m sh -c 'touch /var/lib/postgresql/probe && rm /var/lib/postgresql/probe'")
+
+
+def test_jit_works(host):
+    # LLVM's JIT needs memory it writes and then executes: why MemoryDenyWriteExecute stays off.
+    assert sql(host, "SELECT pg_jit_available()") == "t"
+    out = sql(host, "SET jit_above_cost = 0", "SET jit_optimize_above_cost = 0", "SET jit_inline_above_cost = 0",
+              "EXPLAIN (ANALYZE, FORMAT TEXT) SELECT sum(g * 2) FROM generate_series(1, 10000) g")
+    assert re.search(r"^JIT:", out, re.M), out
+    assert "Functions:" in out
+
+
+def test_parallel_query_works(host):
+    # Parallel workers share memory through /dev/shm (dynamic_shared_memory_type posix).
+    out = sql(host, "SET force_parallel_mode = regress", "SET parallel_setup_cost = 0",
+              "EXPLAIN (ANALYZE, VERBOSE, COSTS OFF) SELECT count(*) FROM pg_class")
+    assert re.search(r"Workers Launched: [1-9]", out), out
