@@ -13,7 +13,8 @@ import pytest
 
 PROM = "mon-prom"
 DB_PRIMARY, DB_REPLICA = "mon-db1", "mon-db2"
-ADDRESSES = {PROM: "10.90.12.10", DB_PRIMARY: "10.90.12.11", DB_REPLICA: "10.90.12.12"}
+LB = "mon-lb"
+ADDRESSES = {PROM: "10.90.12.10", DB_PRIMARY: "10.90.12.11", DB_REPLICA: "10.90.12.12", LB: "10.90.12.20"}
 # GET a URL on the host itself (no curl in the lab images) and print the body.
 GET = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
 
@@ -70,8 +71,17 @@ def test_certificate_metrics_are_written(host):
     f = host.file("/var/lib/prometheus/node-exporter/tls_certificates.prom")
     assert f.exists and f.mode == 0o644
     assert "tls_certificate_check_timestamp_seconds " in f.content_string
-    if name(host) != PROM:
+    if name(host) in (DB_PRIMARY, DB_REPLICA):
         assert 'path="/etc/ai-platform/tls/ca.crt"' in f.content_string
+
+
+def test_stub_status_is_served_on_loopback_only(host):
+    if name(host) != LB:
+        pytest.skip("load balancer check")
+    assert "Active connections:" in get(host, "http://127.0.0.1:8081/stub_status")
+    sockets = [str(s) for s in host.socket.get_listening_sockets()]
+    assert "tcp://127.0.0.1:8081" in sockets
+    assert not [s for s in sockets if s.endswith(":8081") and "127.0.0.1" not in s]
 
 
 def test_no_failed_units(host):
@@ -89,7 +99,7 @@ def test_prometheus_and_alertmanager_listen_on_loopback_only(prom):
 def test_every_target_is_up(prom):
     expected = {("prometheus", PROM), ("alertmanager", PROM), ("node", PROM), ("node", DB_PRIMARY),
                 ("node", DB_REPLICA), ("postgres", DB_PRIMARY), ("postgres", DB_REPLICA),
-                ("redis", f"{PROM}:broker"), ("redis", f"{PROM}:cache")}
+                ("redis", f"{PROM}:broker"), ("redis", f"{PROM}:cache"), ("node", LB), ("nginx", LB)}
 
     def all_up():
         targets = api(prom, "targets")["activeTargets"]
@@ -116,6 +126,8 @@ def test_exporters_report_replication_redis_and_certificates(prom):
     assert [(s["metric"]["slot_name"], s["value"][1]) for s in slots] == [("mon_db2", "1")]
     assert query('aiplatform_pg_recovery_wal_receiver_streaming{instance="mon-db2"}')[0]["value"][1] == "1"
     assert {r["metric"]["instance"] for r in query("redis_up == 1")} == {f"{PROM}:broker", f"{PROM}:cache"}
+    assert [r["metric"]["instance"] for r in query("nginx_up == 1")] == [LB]
+    assert query("nginx_connections_accepted > 0")
     units = query('node_systemd_unit_state{name="postgresql.service", state="active"} == 1')
     assert {r["metric"]["instance"] for r in units} == {DB_PRIMARY, DB_REPLICA}
     certs = query("tls_certificate_not_after_timestamp_seconds - time() > 300 * 86400")
