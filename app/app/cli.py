@@ -111,6 +111,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     settings = _settings("check-config")  # exits 1 naming the variables in production
     problems = production_problems(settings) if args.strict else []
+    # The release must load: the API's app is built and the Celery app imported,
+    # so a deploy stops here, before the switch, on code that cannot start.
+    try:
+        import app.tasks  # noqa: F401  (the worker's and beat's entry point)
+        from app.main import create_app
+
+        create_app(settings)
+    except Exception as exc:  # anything the import or the build raises
+        problems.append(f"the release does not load: {type(exc).__name__}: {exc}")
     for p in problems:
         print(f"config error: {p}", file=sys.stderr)
     if problems:

@@ -85,6 +85,25 @@ def test_check_config_cli_ok() -> None:
     assert "check-config: ok (environment=production)" in r.stdout
 
 
+def test_check_config_refuses_a_release_that_does_not_load(tmp_path) -> None:
+    """A copy of the package whose main module raises: check-config fails, naming why."""
+    import shutil
+
+    import app
+
+    pkg = tmp_path / "app"
+    shutil.copytree(os.path.dirname(app.__file__), pkg,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    main = pkg / "main.py"
+    main.write_text(main.read_text() + '\nraise RuntimeError("deliberately broken")\n')
+    r = _run([sys.executable, "-m", "app.cli", "check-config"], PYTHONPATH=str(tmp_path),
+             ENVIRONMENT="production", SECRET_KEY=GOOD["secret_key"],
+             ENCRYPTION_KEY=GOOD["encryption_key"], PASSWORD_HASH_MEMORY_KIB="65536")
+    assert r.returncode == 1, r.stdout
+    assert "the release does not load: RuntimeError: deliberately broken" in r.stderr
+    assert "check-config: FAILED" in r.stderr
+
+
 def test_check_config_strict_outside_production() -> None:
     r = _run([sys.executable, "-m", "app.cli", "check-config", "--strict"],
              ENVIRONMENT="staging", SECRET_KEY="changeme")

@@ -11,8 +11,18 @@ python3 tests/lab/lab.py up -i inventories/lab/hosts.yml
 t1=$SECONDS
 ansible-playbook -i inventories/lab/hosts.yml site.yml "$@"
 t2=$SECONDS
+# How to reach the API: through Nginx on the load balancer, over TLS with the
+# project CA, from inside the lab's network namespace (where its addresses are).
+netns=${AIPL_LAB_NETNS:-aipl-lab}
+lb=$(ansible-inventory -i inventories/lab/hosts.yml --host "$(ansible-inventory -i inventories/lab/hosts.yml --graph lb | awk -F'--' '/--/{print $2; exit}')" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ansible_host"])')
+ca="$repo/inventories/lab/.pki/ca.crt"
+curl_cmd="nsenter --net=/run/netns/$netns curl --cacert $ca https://$lb/health"
 echo
 echo "lab: hosts booted in $((t1 - t0)) s, site.yml converged in $((t2 - t1)) s"
+echo "lab: API:          https://$lb/api/v1/ (Nginx with TLS; the address lives in network namespace $netns)"
+echo "lab: CA file:      $ca"
+echo "lab: try it:       $curl_cmd"
+$curl_cmd --silent --show-error --max-time 20; echo
 echo "lab: hosts:        python3 tests/lab/lab.py status"
 echo "lab: a shell:      python3 tests/lab/lab.py exec app1 -- bash"
 echo "lab: take it down: make down"

@@ -145,8 +145,14 @@ def _source_copy(version: str, break_it: bool = False) -> Path:
     init = dst / "app" / "__init__.py"
     init.write_text(re.sub(r'__version__ = "[^"]+"', f'__version__ = "{version}"', init.read_text()))
     if break_it:
+        # It loads (check-config passes, the switch happens) but cannot start:
+        # the API's startup raises, so only the health gate can catch it.
         main = dst / "app" / "main.py"
-        main.write_text(main.read_text() + '\nraise RuntimeError("deliberately broken release")\n')
+        text = main.read_text()
+        anchor = 'log.info("startup", version=__version__, environment=settings.environment)\n'
+        assert anchor in text
+        main.write_text(text.replace(
+            anchor, anchor + '        raise RuntimeError("deliberately broken release")\n'))
     return dst
 
 
