@@ -133,20 +133,21 @@ def test_api_killed_comes_back_and_lb_keeps_serving(client):
 def test_one_tier_by_tag_changes_nothing():
     """`site.yml --tags app` runs the app tier alone: plays of other tiers gather no
     facts then, yet their roles' argument checks still run and must not need facts."""
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
-    run = subprocess.run(["ansible-playbook", "-i", INVENTORY, str(REPO / "site.yml"), "--tags", "app"],
-                         env=env, capture_output=True, text=True, timeout=1200)
+    run = _playbook("site.yml", "--tags", "app")
     assert run.returncode == 0, run.stdout[-3000:]
     recap = [ln for ln in run.stdout.splitlines() if " ok=" in ln and "changed=" in ln]
     assert recap and all(" changed=0 " in ln for ln in recap), recap
 
 
-def _deploy(source: Path) -> subprocess.CompletedProcess:
+def _playbook(playbook: str, *args: str) -> subprocess.CompletedProcess:
+    """ansible-playbook with the repo's settings against the scenario's hosts."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
-    return subprocess.run(
-        ["ansible-playbook", "-i", INVENTORY, str(REPO / "playbooks" / "deploy.yml"),
-         "-e", f"app_source_dir={source}"],
-        env=env, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(["ansible-playbook", "-i", INVENTORY, str(REPO / playbook), *args],
+                          env=env, capture_output=True, text=True, timeout=1200)
+
+
+def _deploy(source: Path) -> subprocess.CompletedProcess:
+    return _playbook("playbooks/deploy.yml", "-e", f"app_source_dir={source}")
 
 
 def _source_copy(version: str, break_it: bool = False) -> Path:
