@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # The whole test suite (`make test`, and what CI runs through .ci/run):
-# installs what it needs, lints, runs the app's tests against real services,
-# builds the lab images, runs every Molecule scenario on real systemd lab hosts,
-# takes the lab down again, and prints per-stage timings and a closing
-# "N passed, N failed" line. Exit status is non-zero when any stage failed.
+# installs what it needs, builds the lab images, starts every Molecule scenario
+# on real systemd lab hosts in the background, lints and runs the app's tests
+# against real services meanwhile, waits for the scenarios, takes the lab
+# down, and prints per-stage timings, why each failed stage failed, and a
+# closing "N passed, N failed" line. Exit status is non-zero when any stage failed.
 #   tests/run-all.sh                  # everything
 #   AIPL_STAGES="lint molecule" tests/run-all.sh    # a subset
 #   AIPL_KEEP_LAB=1 ...               # leave the lab engine up afterwards
+#   AIPL_SCENARIOS="common/default" ... # only these Molecule scenarios
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 export PATH="$repo/.venv/bin:$PATH" AIPL_REPO="$repo" ANSIBLE_CONFIG="$repo/ansible.cfg"
 export PY_COLORS=0 ANSIBLE_NOCOLOR=1 NO_COLOR=1 ANSIBLE_FORCE_COLOR=0
 stages=${AIPL_STAGES:-"bootstrap lint app images molecule down"}
-names=() times=() results=()
+names=() times=() results=() reasons=()
 passed=0 failed=0
 
 stage() {  # stage NAME CMD...: run, time and record one stage
@@ -32,25 +34,19 @@ if [[ -z ${AIPL_KEEP_LAB:-} ]]; then
 fi
 
 want bootstrap && stage bootstrap bash tests/bootstrap.sh
-if want lint; then
-  stage yamllint yamllint --strict .
-  stage ansible-lint ansible-lint --profile production
-  stage syntax-check ansible-playbook --syntax-check site.yml playbooks/*.yml
-  # Alert rules: promtool check rules + promtool test rules (roles/monitoring/tests).
-  stage promtool-rules roles/monitoring/tests/promtool.sh
-fi
-if want app && [[ -x tests/run-app-tests.sh ]]; then
-  stage app-tests tests/run-app-tests.sh -q
-fi
 if want images; then
   # Cold on a fresh clone (debootstrap through the apt cache), seconds when warm.
   stage lab-images python3 tests/lab/lab.py image debian12 debian13
 fi
-if want molecule; then
-  # Scenarios run AIPL_MOLECULE_JOBS at a time (default 3): most of their time is
-  # spent waiting on apt, systemd and the network, not on the two cores.
-  logs="$repo/.cache/test-logs"; mkdir -p "$logs"
-  scen=()
+
+# Molecule scenarios run in the background from here on, AIPL_MOLECULE_JOBS at
+# a time (default 3), while lint and the app's tests run in the foreground: the
+# end-to-end scenario is the longest path of the suite, so it starts first and
+# as early as the images allow. Most of a scenario's time is spent waiting on
+# apt, systemd and the network, not on the two cores.
+logs="$repo/.cache/test-logs"; mkdir -p "$logs"
+molecule_all() {  # prints its progress; one "name<TAB>seconds<TAB>result<TAB>why" line per scenario to $1
+  local out=$1 scen=() d s name why
   for d in roles/*/molecule/*/ molecule/*/; do
     [[ -f $d/molecule.yml ]] || continue
     d=${d%/}; s=$(basename "$d")
@@ -61,17 +57,22 @@ if want molecule; then
     fi
     if [[ $d == roles/* ]]; then scen+=("$(cut -d/ -f2 <<<"$d")/$s"); else scen+=("$s"); fi
   done
+  if [[ -n ${AIPL_SCENARIOS:-} ]]; then read -r -a scen <<<"$AIPL_SCENARIOS"; fi
   # Longest first, so that the slow multi-host scenarios do not end up last.
-  mapfile -t scen < <(printf '%s\n' "${scen[@]}" | awk '{print (($0 ~ /^e2e|postgresql|monitoring/) ? 0 : 1) " " $0}' | sort -s -k1,1n | cut -d' ' -f2)
-  jobs_max=${AIPL_MOLECULE_JOBS:-3}
+  mapfile -t scen < <(printf '%s\n' "${scen[@]}" | awk '{print (($0 ~ /^e2e/) ? 0 : ($0 ~ /postgresql|monitoring/) ? 1 : 2) " " $0}' | sort -s -k1,1n | cut -d' ' -f2)
+  local jobs_max=${AIPL_MOLECULE_JOBS:-3}
   declare -A pid_of=() start_of=()
   run_one() { tests/molecule.sh "$1" >"$logs/molecule-${1//\//_}.log" 2>&1; }
   finish() {  # finish NAME RC
-    local t=${start_of[$1]} log="$logs/molecule-${1//\//_}.log"
-    names+=("molecule:$1"); times+=($((SECONDS - t)))
-    if (($2 == 0)); then results+=(passed); passed=$((passed + 1)); echo "molecule:$1 passed ($((SECONDS - t)) s)"
-    else results+=(FAILED); failed=$((failed + 1)); echo "molecule:$1 FAILED ($((SECONDS - t)) s); end of $log:"; tail -n 60 "$log"; fi
+    local t=${start_of[$1]} log="$logs/molecule-${1//\//_}.log" result=passed reason=""
+    if (($2 == 0)); then echo "molecule:$1 passed ($((SECONDS - t)) s)"
+    else
+      result=FAILED; echo "molecule:$1 FAILED ($((SECONDS - t)) s); end of $log:"; tail -n 60 "$log"
+      # The first failures again in the summary: CI often shows only its end.
+      reason=$(grep -m 3 -E '^(fatal|failed): |^FAILED |^E +|^ERROR  ' "$log" | cut -c1-400 | tr '\n\t' '  ')
+    fi
     grep -E '^=+ .*(passed|failed).* in ' "$log" | tail -n 1 | sed "s|^|  $1 testinfra: |"
+    printf 'molecule:%s\t%s\t%s\t%s\n' "$1" "$((SECONDS - t))" "$result" "$reason" >>"$out"
   }
   reap() {  # reap LIMIT: collect finished scenarios until fewer than LIMIT run
     while ((${#pid_of[@]} >= $1)); do
@@ -83,13 +84,42 @@ if want molecule; then
       ((${#pid_of[@]} >= $1)) && sleep 1
     done
   }
-  echo; echo "################ molecule (${#scen[@]} scenarios, $jobs_max at a time; logs in .cache/test-logs)"
-  python3 tests/lab/lab.py engine
+  echo "################ molecule (${#scen[@]} scenarios, $jobs_max at a time; logs in .cache/test-logs)"
+  if ! python3 tests/lab/lab.py engine; then
+    printf 'molecule:engine\t0\tFAILED\tthe lab engine did not start\n' >>"$out"; return
+  fi
   for s in "${scen[@]}"; do
     reap "$jobs_max"
     run_one "$s" & pid_of[$s]=$!; start_of[$s]=$SECONDS
   done
   reap 1
+}
+if want molecule; then
+  mol_out="$logs/molecule-results.tsv"; : >"$mol_out"
+  echo; echo "################ molecule started in the background (its progress: .cache/test-logs/molecule-run.log)"
+  molecule_all "$mol_out" >"$logs/molecule-run.log" 2>&1 &
+  mol_pid=$!
+fi
+
+if want lint; then
+  stage yamllint yamllint --strict .
+  stage ansible-lint ansible-lint --profile production
+  stage syntax-check ansible-playbook --syntax-check site.yml playbooks/*.yml
+  # Alert rules: promtool check rules + promtool test rules (roles/monitoring/tests).
+  stage promtool-rules roles/monitoring/tests/promtool.sh
+fi
+if want app && [[ -x tests/run-app-tests.sh ]]; then
+  stage app-tests tests/run-app-tests.sh -q
+fi
+if want molecule; then
+  echo; echo "################ molecule (waiting for the background run)"
+  wait "$mol_pid"
+  cat "$logs/molecule-run.log"
+  while IFS=$'\t' read -r n secs result reason; do
+    names+=("$n"); times+=("$secs"); results+=("$result")
+    if [[ $result == passed ]]; then passed=$((passed + 1))
+    else failed=$((failed + 1)); reasons+=("$n: $reason"); fi
+  done <"$mol_out"
 fi
 want down && stage lab-down lab_down
 
@@ -100,5 +130,6 @@ for i in "${!names[@]}"; do
   printf '%-40s %8s  %s\n' "${names[$i]}" "${times[$i]}" "${results[$i]}"
 done
 printf '%-40s %8s\n' total "$SECONDS"
+for r in "${reasons[@]}"; do echo "why $r"; done
 echo "stages: $passed passed, $failed failed"
 ((failed == 0))
