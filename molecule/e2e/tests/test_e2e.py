@@ -172,7 +172,7 @@ def _current_release(name: str) -> str:
     return host(name).check_output("readlink /opt/ai-platform/current")
 
 
-def test_rolling_deploy_then_broken_release_rolled_back(client):
+def test_rolling_deploy_broken_release_rolled_back_then_rollback_playbook(client):
     good = _deploy(_source_copy("1.0.1"))
     assert good.returncode == 0, good.stdout[-3000:]
     for name in APP_HOSTS:
@@ -185,4 +185,12 @@ def test_rolling_deploy_then_broken_release_rolled_back(client):
     for name in APP_HOSTS:
         assert "/releases/1.0.1-" in _current_release(name), name
         assert host(name).service("ai-platform-api").is_running
+    curl(client, "GET", "/health", expect=200)
+
+    # On demand, one release back: 1.0.1 -> 1.0.0 on every host (the broken 1.0.2
+    # on the first host is newer than `current`, so it is not a candidate).
+    back = _playbook("playbooks/rollback.yml")
+    assert back.returncode == 0, back.stdout[-3000:]
+    for name in APP_HOSTS:
+        assert "/releases/1.0.0-" in _current_release(name), name
     curl(client, "GET", "/health", expect=200)
