@@ -1,9 +1,10 @@
 # The two commands of the README, and a few more for everyday work.
-.PHONY: lab test down lint molecule app-test status help
+.PHONY: lab test bench down lint molecule app-test status help
 
 help:
 	@echo "make lab    - boot the lab (real systemd hosts) and deploy the whole stack with site.yml"
 	@echo "make test   - run every test (lint, app, Molecule scenarios) and print timings"
+	@echo "make bench  - deploy the lab, run the benchmarks, write docs/bench/results.{json,md}"
 	@echo "make down   - remove the lab (hosts, engine, namespace); caches stay"
 	@echo "make lint   - yamllint + ansible-lint (production profile)"
 	@echo "make molecule S=common - one Molecule scenario (ROLE or ROLE/SCENARIO)"
@@ -13,6 +14,9 @@ lab:
 
 test:
 	bash tests/run-all.sh
+
+bench:
+	bash bench/run.sh
 
 down:
 	python3 tests/lab/lab.py down
