@@ -58,11 +58,17 @@ def ms(value: str) -> float:
 def wrk(host: str, url: str, seconds: int, conns: int, header: str = "") -> dict:
     hdr = f"-H '{header}'" if header else ""
     out = on(host, f"wrk -t2 -c{conns} -d{seconds}s --latency {hdr} '{url}'", timeout=seconds + 120)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    return parse_wrk(out, host)
+
+
+def parse_wrk(out: str, host: str) -> dict:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
+    if not rps or set(lat) != {"50", "99"}:
+        raise RuntimeError(f"wrk on {host} gave no statistics: {out[-1500:]}")
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return {"rps": rps, "p50_ms": ms(lat["50"]), "p99_ms": ms(lat["99"]),
+    return {"rps": float(rps.group(1)), "p50_ms": ms(lat["50"]), "p99_ms": ms(lat["99"]),
             "non_2xx": int(bad.group(1)) if bad else 0, "socket_errors": errors.group(0) if errors else ""}
 
 
@@ -96,7 +102,8 @@ class Bench:
         auth = f"Authorization: Bearer {token}"
         apps = [self.addr[h] for h in self.app_hosts]
         cases = {
-            "nginx_tls_live": lambda: wrk(self.client, f"https://{lb}/health/live", a.seconds, a.conns),
+            # An explicit :443: wrk resolves "https" through /etc/services, which minimal hosts lack.
+            "nginx_tls_live": lambda: wrk(self.client, f"https://{lb}:443/health/live", a.seconds, a.conns),
             "direct_live": lambda: self.direct("/health/live", apps),
             "direct_auth_me": lambda: self.direct("/api/v1/auth/me", apps, auth),
         }
@@ -105,7 +112,7 @@ class Bench:
             runs = []
             for i in range(a.runs):
                 runs.append(fn())
-                log(f"serving {name} run {i + 1}: {runs[-1]['rps']:.0f} req/s, p99 {runs[-1]['p99_ms']:.1f} ms")
+                log(f"serving {name} run {i + 1}: {runs[-1]['rps']:.0f} req/s, p99 {runs[-1]['p99_ms']:.1f} ms, non-2xx {runs[-1]['non_2xx']}")
             out[name] = median_of(runs)
         out["ratio_nginx_tls_vs_direct"] = out["nginx_tls_live"]["rps"] / out["direct_live"]["rps"]
         self.results["serving"] = out
@@ -115,16 +122,13 @@ class Bench:
         a = self.args
         hdr = f"-H '{header}'" if header else ""
         conns = max(2, a.conns // len(apps))
-        cmd = " & ".join(f"wrk -t1 -c{conns} -d{a.seconds}s --latency {hdr} 'http://{ip}:8000{path}' > /tmp/wrk-{ip}.out"
+        cmd = " & ".join(f"wrk -t1 -c{conns} -d{a.seconds}s --latency {hdr} 'http://{ip}:8000{path}' > /tmp/wrk-{ip}.out 2>&1"
                          for ip in apps) + " & wait; " + "; ".join(f"echo '=== {ip}'; cat /tmp/wrk-{ip}.out" for ip in apps)
         out = on(self.lb, cmd, timeout=a.seconds + 120)
         parts = [p for p in out.split("=== ") if p.strip()]
         per = []
         for part in parts:
-            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", part).group(1))
-            lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", part, re.M))
-            bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", part)
-            per.append({"rps": rps, "p50_ms": ms(lat["50"]), "p99_ms": ms(lat["99"]), "non_2xx": int(bad.group(1)) if bad else 0})
+            per.append(parse_wrk(part, self.lb))
         return {"rps": sum(p["rps"] for p in per), "p50_ms": max(p["p50_ms"] for p in per),
                 "p99_ms": max(p["p99_ms"] for p in per), "non_2xx": sum(p["non_2xx"] for p in per)}
 
@@ -151,8 +155,8 @@ class Bench:
         on(self.client, f"cat > /tmp/ratecheck.py <<'PY'\n{script}\nPY")
         out = {}
         for name, url, method, rate, burst, send in [
-            ("api", f"https://{lb}/api/v1/auth/me", "GET", api_rate, api_burst, api_rate * 5),
-            ("upload", f"https://{lb}/api/v1/projects/00000000-0000-0000-0000-000000000000/documents", "POST",
+            ("api", f"https://{lb}:443/api/v1/auth/me", "GET", api_rate, api_burst, api_rate * 5),
+            ("upload", f"https://{lb}:443/api/v1/projects/00000000-0000-0000-0000-000000000000/documents", "POST",
              up_rate, up_burst, up_rate * 10),
         ]:
             time.sleep(burst / rate + 2)  # let the bucket drain from earlier requests
@@ -167,24 +171,22 @@ class Bench:
 
     # --- memory -------------------------------------------------------------------
     def memory(self) -> None:
-        """Resident memory (sum of VmRSS of the unit's processes) after the other benchmarks warmed them."""
-        units = {
-            self.app_hosts[0]: ["ai-platform-api", "ai-platform-worker", "ai-platform-beat"],
-            self.inv["db_primary"]["hosts"][0]: ["postgresql@*-main"],
-            self.inv["redis"]["hosts"][0]: ["redis@broker", "redis@cache"],
-            self.inv["vector"]["hosts"][0]: ["chromadb"],
-            self.lb: ["nginx"],
-        }
+        """Resident memory per service (the VmRSS of its processes, summed by systemd unit)
+        after the other benchmarks warmed them up."""
+        wanted = re.compile(r"^(ai-platform-.*|postgresql@.*|redis@.*|chromadb|nginx|prometheus|prometheus-alertmanager)[.]service$")
+        groups = ["app", "db_primary", "db_replicas", "redis", "vector", "lb", "monitoring"]
+        hosts = sorted({h for g in groups for h in self.inv.get(g, {}).get("hosts", [])})
         out = {}
-        for host, names in units.items():
-            for name in names:
-                cmd = (f"u=$(systemctl list-units --type=service --state=running --plain --no-legend '{name}.service' | awk 'NR==1{{print $1}}');"
-                       " cg=$(systemctl show -p ControlGroup --value \"$u\");"
-                       " kb=0; for p in $(cat /sys/fs/cgroup$cg/cgroup.procs 2>/dev/null; for d in /sys/fs/cgroup$cg/*/; do cat $d/cgroup.procs 2>/dev/null; done);"
-                       " do r=$(awk '/^VmRSS/{print $2}' /proc/$p/status 2>/dev/null); kb=$((kb + ${r:-0})); done; echo \"$u $kb\"")
-                unit, kb = on(host, cmd).split()
-                out[f"{host}:{unit}"] = round(int(kb) / 1024, 1)
-                log(f"memory {host} {unit}: {int(kb) / 1024:.0f} MiB")
+        for host in hosts:
+            for line in on(host, "ps -eo rss=,unit=").splitlines():
+                kb, _, unit = line.strip().partition(" ")
+                unit = unit.strip()
+                if wanted.match(unit):
+                    key = f"{host}:{unit.removesuffix('.service')}"
+                    out[key] = out.get(key, 0) + int(kb) / 1024
+        out = {k: round(v, 1) for k, v in sorted(out.items())}
+        for k, v in out.items():
+            log(f"memory {k}: {v:.0f} MiB")
         self.results["memory_mib"] = out
 
     # --- deploy -------------------------------------------------------------------
@@ -238,7 +240,7 @@ def markdown(res: dict) -> str:
                      f"{d['without_tuning_s']:.0f} s = {d['speedup_from_tuning']:.2f}× the tuned run"))
     m = res.get("memory_mib")
     if m:
-        rows.append(("resident memory after warm-up (MiB)", "reported", ", ".join(f"{k.split(':')[1]} {v:.0f}" for k, v in m.items())))
+        rows.append(("resident memory after warm-up (MiB, host:unit)", "reported", ", ".join(f"{k} {v:.0f}" for k, v in m.items())))
     return TARGETS + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
 
 
