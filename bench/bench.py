@@ -242,7 +242,8 @@ def markdown(res: dict) -> str:
                      f"{d['without_tuning_s']:.0f} s = {d['speedup_from_tuning']:.2f}× the tuned run"))
     m = res.get("memory_mib")
     if m:
-        rows.append(("resident memory after warm-up (MiB, host:unit)", "reported", ", ".join(f"{k} {v:.0f}" for k, v in m.items())))
+        rows.append(("resident memory after warm-up (MiB, host:unit; VmRSS summed over the unit's processes, so "
+                     "PostgreSQL's shared buffers count once per backend)", "reported", ", ".join(f"{k} {v:.0f}" for k, v in m.items())))
     return TARGETS + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
 
 
@@ -253,7 +254,11 @@ def main() -> None:
     ap.add_argument("--conns", type=int, default=32, help="wrk connections")
     ap.add_argument("--deploy-runs", type=int, default=2, help="idempotent site.yml re-runs (median reported)")
     ap.add_argument("--only", default="serving,ratelimits,memory,deploy")
+    ap.add_argument("--render", action="store_true", help="only write results.md again from results.json")
     args = ap.parse_args()
+    if args.render:
+        write(json.loads((OUT / "results.json").read_text()))
+        return
     bench = Bench(args)
     t0 = time.time()
     for name in args.only.split(","):
@@ -262,6 +267,10 @@ def main() -> None:
     res = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "machine": {"cores": os.cpu_count(), "kernel": platform.release(), "load_at_end": os.getloadavg()},
            "seconds": round(time.time() - t0), **bench.results}
+    write(res)
+
+
+def write(res: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     md = (f"# Benchmark results\n\nMeasured {res['when']} on the `make lab` lab ({res['machine']['cores']} cores, "

@@ -13,6 +13,12 @@ SRC
 # The lab's hosts reach apt only through the relay inside the lab's namespace.
 printf 'Acquire::http::Proxy "%s";\n' "$proxy" > "$root/etc/apt/apt.conf.d/01lab-proxy"
 printf 'APT::Install-Recommends "false";\n' > "$root/etc/apt/apt.conf.d/02lab-norecommends"
+# No HTTP pipelining through the relay, and a timeout: an e2e converge once hung
+# for 15 min in `apt-get update`, its http method holding a connection the
+# cache had closed (CLOSE_WAIT). HTTP pipelining through proxies is a known
+# source of such hangs: off here, with a timeout and retries.
+printf 'Acquire::http::Pipeline-Depth "0";\nAcquire::http::Timeout "60";\nAcquire::Retries "3";\n' \
+  > "$root/etc/apt/apt.conf.d/03lab-relay"
 rm -f "$root"/var/cache/apt/archives/*.deb
 
 # An empty machine-id: systemd makes one at first boot (a missing file makes it degraded).
