@@ -276,7 +276,7 @@ def write(res: dict) -> None:
     md = (f"# Benchmark results\n\nMeasured {res['when']} on the `make lab` lab ({res['machine']['cores']} cores, "
           f"every lab host shares them; load average at the end {res['machine']['load_at_end'][0]:.1f}). "
           "Medians of several runs; ratios from the same run. Written by `make bench` (bench/bench.py); raw numbers in "
-          "[results.json](results.json).\n\n" + markdown(res))
+          "[results.json](results.json).\n\n" + (f"{res['note']}\n\n" if res.get("note") else "") + markdown(res))
     (OUT / "results.md").write_text(md)
     print(md)
 
