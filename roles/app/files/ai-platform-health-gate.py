@@ -8,7 +8,8 @@ it is clear that it will not:
 * the API unit restarted by systemd while the gate waits (its NRestarts grew):
   a release whose workers cannot boot makes gunicorn exit and systemd restart
   it in a loop. Waiting out the deadline would add minutes to a failed deploy.
-  (A restart of the unit by hand or by a handler sets NRestarts back to 0.)
+  NRestarts is compared with its value when the gate started: an explicit
+  restart does not always set it back to 0 (seen: 2 after a rollback restart).
 
 On failure it prints why and the unit's last journal lines (what the operator
 needs to see). Standard library only: it runs with the system's python3.
