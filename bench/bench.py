@@ -7,6 +7,9 @@ each benchmark reports the median of several runs and the ratios it was built
 for, measured in the same run.
 
     bench/bench.py [--runs 3] [--seconds 10] [--only serving,ratelimits,memory,deploy]
+    bench/bench.py --only database [--inventory INVENTORY] [--scale 70]
+
+Each run replaces the sections it measured in results.json and keeps the others.
 """
 from __future__ import annotations
 
@@ -32,8 +35,8 @@ def log(msg: str) -> None:
     print(f"bench: {msg}", flush=True)
 
 
-def inventory() -> dict:
-    out = subprocess.run(["ansible-inventory", "-i", str(INVENTORY), "--list"],
+def inventory(path: Path = INVENTORY) -> dict:
+    out = subprocess.run(["ansible-inventory", "-i", str(path), "--list"],
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 
@@ -80,11 +83,11 @@ def median_of(runs: list[dict]) -> dict:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        inv = inventory()
+        inv = inventory(args.inventory)
         hv = inv["_meta"]["hostvars"]
-        first = lambda group: inv[group]["hosts"][0]  # noqa: E731
+        first = lambda group: inv.get(group, {}).get("hosts", [None])[0]  # noqa: E731
         self.lb, self.client = first("lb"), first("lab_clients")
-        self.app_hosts = inv["app"]["hosts"]
+        self.app_hosts = inv.get("app", {}).get("hosts", [])
         self.addr = {h: v["ansible_host"] for h, v in hv.items()}
         self.inv = inv
         self.results: dict = {}
@@ -189,6 +192,92 @@ class Bench:
             log(f"memory {k}: {v:.0f} MiB")
         self.results["memory_mib"] = out
 
+    # --- database -----------------------------------------------------------------
+    def database(self) -> None:
+        """PostgreSQL: a pgbench database of --scale (70: about 1 GB) on the primary;
+        replica replay lag sampled every 0.5 s during a 60 s pgbench write load; the
+        backup service on the backup host (the first replica) and playbooks/restore.yml
+        into a new database, both timed; the restored copy compared table by table
+        (row count and the sum of a 64-bit hash of every row). Cleans up afterwards."""
+        primary = self.inv["db_primary"]["hosts"][0]
+        replicas = self.inv.get("db_replicas", {}).get("hosts", [])
+        backup_host = replicas[0] if replicas else primary
+        ver = on(primary, "ls /etc/postgresql").split()[-1]
+        bindir = f"/usr/lib/postgresql/{ver}/bin"
+        psql = "runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d aiplatform"
+        pgbench = f"runuser -u postgres -- {bindir}/pgbench"
+        out: dict = {"primary": primary, "replicas": replicas, "postgresql": ver, "scale": self.args.scale,
+                     "synchronous_standby_names": on(primary, f"{psql} -c 'SHOW synchronous_standby_names'").strip()}
+        t0 = time.monotonic()
+        on(primary, f"{pgbench} -i -q -s {self.args.scale} aiplatform 2>&1 | tail -2", timeout=3600)
+        out["generate_s"] = round(time.monotonic() - t0, 1)
+        # The app's role owns them, as it owns its own tables (restore.yml restores as that role).
+        on(primary, f"{psql} " + " ".join(f"-c 'ALTER TABLE pgbench_{t} OWNER TO aiplatform'"
+                                          for t in ("accounts", "branches", "tellers", "history")))
+        out["database_bytes"] = int(on(primary, f"{psql} -c \"SELECT pg_database_size('aiplatform')\""))
+        log(f"database: generated {out['database_bytes'] / 2**30:.2f} GiB in {out['generate_s']} s")
+
+        # Lag: the primary's view of each replica, sampled while pgbench writes.
+        sample = ("SELECT application_name, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, "
+                  "coalesce(extract(epoch FROM replay_lag), 0) FROM pg_stat_replication")
+        secs = 60
+        run = (f"(for i in $(seq {secs * 2}); do {psql} -F' ' -c \"{sample}\"; sleep 0.5; done > /tmp/bench-lag.txt) & "
+               f"{pgbench} -c 8 -j 2 -T {secs} -P 10 aiplatform 2>&1 | grep -E '^(tps|latency average|number of transactions actually)'; wait")
+        pg = on(primary, run, timeout=secs + 600)
+        tps = re.search(r"tps = ([\d.]+)", pg)
+        lag: dict = {}
+        for line in on(primary, "cat /tmp/bench-lag.txt").splitlines():
+            name, nbytes, seconds = line.split()
+            lag.setdefault(name, {"bytes": [], "seconds": []})
+            lag[name]["bytes"].append(int(nbytes))
+            lag[name]["seconds"].append(float(seconds))
+
+        def pct(values: list, q: float) -> float:
+            v = sorted(values)
+            return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
+        out["pgbench"] = {"seconds": secs, "clients": 8, "tps": float(tps.group(1)) if tps else None,
+                          "lag": {n: {"samples": len(v["bytes"]), "bytes_p50": pct(v["bytes"], .5), "bytes_p99": pct(v["bytes"], .99),
+                                      "seconds_p50": pct(v["seconds"], .5), "seconds_p99": pct(v["seconds"], .99)}
+                                  for n, v in sorted(lag.items())}}
+        for n, v in out["pgbench"]["lag"].items():
+            log(f"database: lag of {n} under pgbench ({out['pgbench']['tps']} tps): p50 {v['bytes_p50']} B / {v['seconds_p50']:.3f} s, "
+                f"p99 {v['bytes_p99']} B / {v['seconds_p99']:.3f} s")
+
+        # Backup by its own service, on the backup host once it has replayed everything.
+        lsn = on(primary, f"{psql} -c 'SELECT pg_current_wal_lsn()'").strip()
+        for _ in range(120):
+            if on(backup_host, f"{psql.replace('aiplatform', 'postgres')} -c \"SELECT pg_last_wal_replay_lsn() >= '{lsn}'\"").strip() in ("t", ""):
+                break
+            time.sleep(1)
+        t0 = time.monotonic()
+        on(backup_host, "systemctl start postgresql-backup.service", timeout=3600)
+        out["backup_s"] = round(time.monotonic() - t0, 1)
+        latest = on(backup_host, "ls -1 /var/backups/postgresql | tail -1").strip()
+        out["dump_bytes"] = int(on(backup_host, f"stat -c %s /var/backups/postgresql/{latest}/aiplatform.dump"))
+        log(f"database: backup {out['backup_s']} s, dump {out['dump_bytes'] / 2**20:.0f} MiB")
+
+        # Restore with the playbook operators use, into a new database.
+        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+        t0 = time.monotonic()
+        r = subprocess.run(["ansible-playbook", "-i", str(self.args.inventory), str(REPO / "playbooks/restore.yml"),
+                            "-e", "postgresql_restore_database=bench_restore"], env=env, capture_output=True, text=True, cwd=REPO)
+        out["restore_playbook_s"] = round(time.monotonic() - t0, 1)
+        if r.returncode != 0:
+            raise RuntimeError(f"restore.yml failed: {r.stdout[-3000:]}")
+        log(f"database: restore.yml {out['restore_playbook_s']} s")
+        same = {}
+        for table in ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"):
+            q = f"SELECT count(*) || ' ' || coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) FROM {table} t"
+            src = on(primary, f"{psql} -c \"{q}\"").strip()
+            dst = on(primary, f"{psql.replace('-d aiplatform', '-d bench_restore')} -c \"{q}\"").strip()
+            same[table] = {"rows": int(src.split()[0]), "identical": src == dst}
+        out["restored_identical"] = same
+        log(f"database: restored copy {same}")
+        on(primary, f"{psql} -c 'DROP TABLE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history' "
+                    f"-c 'DROP DATABASE bench_restore'")
+        on(backup_host, f"rm -rf /var/backups/postgresql/{latest}")
+        self.results["database"] = out
+
     # --- deploy -------------------------------------------------------------------
     def deploy(self) -> None:
         """The idempotent re-run of site.yml on the converged lab, with the project's
@@ -244,6 +333,21 @@ def markdown(res: dict) -> str:
     if m:
         rows.append(("resident memory after warm-up (MiB, host:unit; VmRSS summed over the unit's processes, so "
                      "PostgreSQL's shared buffers count once per backend)", "reported", ", ".join(f"{k} {v:.0f}" for k, v in m.items())))
+    db = res.get("database")
+    if db:
+        where = (f"PostgreSQL {db['postgresql']}, primary {db['primary']} and replicas {', '.join(db['replicas'])}"
+                 f"{'; synchronous ' + db['synchronous_standby_names'] if db['synchronous_standby_names'] else ', asynchronous'}")
+        for n, v in db["pgbench"]["lag"].items():
+            rows.append((f"replay lag of {n} during {db['pgbench']['seconds']} s of pgbench ({db['pgbench']['clients']} clients, "
+                         f"{db['pgbench']['tps']:.0f} tps; {where})", "p99 < 1 s",
+                         f"p50 {v['seconds_p50']:.3f} s / {v['bytes_p50']} B, p99 {v['seconds_p99']:.3f} s / {v['bytes_p99']} B"))
+        ok = all(t["identical"] for t in db["restored_identical"].values())
+        rows.append((f"backup (pg_dump by the backup service on {db['replicas'][0] if db['replicas'] else db['primary']}) of a "
+                     f"{db['database_bytes'] / 2**30:.2f} GiB database (pgbench scale {db['scale']})", "≥ 1 GB, duration reported",
+                     f"{db['backup_s']:.0f} s, dump {db['dump_bytes'] / 2**20:.0f} MiB"))
+        rows.append(("restore (playbooks/restore.yml into a new database) and row-for-row check", "restored copy identical",
+                     f"{db['restore_playbook_s']:.0f} s; {'identical' if ok else 'DIFFERENT'}: "
+                     + ", ".join(f"{t} {v['rows']} rows" for t, v in db["restored_identical"].items())))
     return TARGETS + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
 
 
@@ -254,6 +358,8 @@ def main() -> None:
     ap.add_argument("--conns", type=int, default=32, help="wrk connections")
     ap.add_argument("--deploy-runs", type=int, default=2, help="idempotent site.yml re-runs (median reported)")
     ap.add_argument("--only", default="serving,ratelimits,memory,deploy")
+    ap.add_argument("--inventory", type=Path, default=INVENTORY, help="inventory of the lab to measure (database: any with db_primary)")
+    ap.add_argument("--scale", type=int, default=70, help="pgbench scale of the database benchmark (70: about 1 GB)")
     ap.add_argument("--render", action="store_true", help="only write results.md again from results.json")
     args = ap.parse_args()
     if args.render:
@@ -264,19 +370,25 @@ def main() -> None:
     for name in args.only.split(","):
         log(f"--- {name}")
         getattr(bench, name)()
-    res = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "machine": {"cores": os.cpu_count(), "kernel": platform.release(), "load_at_end": os.getloadavg()},
-           "seconds": round(time.time() - t0), **bench.results}
-    write(res)
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    machine = {"cores": os.cpu_count(), "kernel": platform.release(), "load_at_end": os.getloadavg()}
+    old = json.loads((OUT / "results.json").read_text()) if (OUT / "results.json").exists() else {}
+    runs = old.get("runs", {})
+    for name in bench.results:
+        runs[name] = {"when": when, "inventory": str(args.inventory.resolve().relative_to(REPO)) if args.inventory.resolve().is_relative_to(REPO)
+                      else "a Molecule scenario's", "seconds": round(time.time() - t0), "machine": machine}
+    write({**old, "when": when, "machine": machine, "runs": runs, **bench.results})
 
 
 def write(res: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(res, indent=2) + "\n")
-    md = (f"# Benchmark results\n\nMeasured {res['when']} on the `make lab` lab ({res['machine']['cores']} cores, "
-          f"every lab host shares them; load average at the end {res['machine']['load_at_end'][0]:.1f}). "
-          "Medians of several runs; ratios from the same run. Written by `make bench` (bench/bench.py); raw numbers in "
-          "[results.json](results.json).\n\n" + (f"{res['note']}\n\n" if res.get("note") else "") + markdown(res))
+    where = "".join(f"- {name}: {r['when']} on {r['inventory']} (load average at the end {r['machine']['load_at_end'][0]:.1f})\n"
+                    for name, r in res.get("runs", {}).items())
+    md = (f"# Benchmark results\n\nOn {res['machine']['cores']} cores that every lab host shares. Medians of several runs; "
+          "ratios from the same run. Written by `make bench` (bench/bench.py); raw numbers in "
+          "[results.json](results.json). Each run replaces only the sections it measured:\n\n" + where + "\n"
+          + (f"{res['note']}\n\n" if res.get("note") else "") + markdown(res))
     (OUT / "results.md").write_text(md)
     print(md)
 

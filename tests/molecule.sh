@@ -3,7 +3,7 @@
 # as ROLE[/SCENARIO] or a scenario folder. Extra molecule arguments after --.
 #   tests/molecule.sh                      # all scenarios, `molecule test`
 #   tests/molecule.sh common               # roles/common, every scenario
-#   tests/molecule.sh postgresql/replication -- converge
+#   tests/molecule.sh database -- converge
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export AIPL_REPO=$repo PATH="$repo/.venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible.cfg"

@@ -59,7 +59,7 @@ molecule_all() {  # prints its progress; one "name<TAB>seconds<TAB>result<TAB>wh
   done
   if [[ -n ${AIPL_SCENARIOS:-} ]]; then read -r -a scen <<<"$AIPL_SCENARIOS"; fi
   # Longest first, so that the slow multi-host scenarios do not end up last.
-  mapfile -t scen < <(printf '%s\n' "${scen[@]}" | awk '{print (($0 ~ /^e2e/) ? 0 : ($0 ~ /postgresql|monitoring/) ? 1 : 2) " " $0}' | sort -s -k1,1n | cut -d' ' -f2)
+  mapfile -t scen < <(printf '%s\n' "${scen[@]}" | awk '{print (($0 ~ /^e2e/) ? 0 : ($0 ~ /^database/) ? 1 : 2) " " $0}' | sort -s -k1,1n | cut -d' ' -f2)
   local jobs_max=${AIPL_MOLECULE_JOBS:-3}
   declare -A pid_of=() start_of=()
   run_one() { tests/molecule.sh "$1" >"$logs/molecule-${1//\//_}.log" 2>&1; }

@@ -1,8 +1,9 @@
-"""What the monitoring and exporters roles promise, checked on the converged lab hosts.
+"""What the monitoring and exporters roles promise, checked on the database scenario's hosts.
 
-mon-prom runs Prometheus, Alertmanager and Redis; mon-db1 is the PostgreSQL
-primary, mon-db2 its replica and the backup host. The alert checks run from
-mon-prom and act on the database hosts (windows are short in molecule.yml).
+db-mon runs Prometheus, Alertmanager, Redis and Debian's nginx; db-1 is the
+PostgreSQL primary, db-2 a replica and the backup host, db-3 a replica. The
+alert checks run from db-mon and act on the database hosts (windows are short
+in molecule.yml).
 """
 
 import json
@@ -10,22 +11,12 @@ import time
 import urllib.parse
 
 import pytest
+from conftest import ADDRESSES, DB_HOSTS, MON, name, other, wait_for
 
-PROM = "mon-prom"
-DB_PRIMARY, DB_REPLICA = "mon-db1", "mon-db2"
-LB = "mon-lb"
-ADDRESSES = {PROM: "10.90.12.10", DB_PRIMARY: "10.90.12.11", DB_REPLICA: "10.90.12.12", LB: "10.90.12.20"}
+PROM = LB = MON
+DB_PRIMARY, DB_REPLICA = "db-1", "db-2"
 # GET a URL on the host itself (no curl in the lab images) and print the body.
 GET = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
-
-
-def name(host):
-    return host.backend.get_hostname()
-
-
-def other(host, hostname):
-    b = host.backend
-    return host.get_host(f"ansible://{hostname}", ansible_inventory=b.ansible_inventory, force_ansible=b.force_ansible)
 
 
 def get(host, url):
@@ -34,18 +25,6 @@ def get(host, url):
 
 def api(host, path):
     return json.loads(get(host, "http://127.0.0.1:9090/api/v1/" + path))["data"]
-
-
-def wait_for(what, check, timeout=180, step=5):
-    """Poll check() until it returns a true value; return it, or fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        time.sleep(step)
 
 
 def firing(host, alertname):
@@ -71,7 +50,7 @@ def test_certificate_metrics_are_written(host):
     f = host.file("/var/lib/prometheus/node-exporter/tls_certificates.prom")
     assert f.exists and f.mode == 0o644
     assert "tls_certificate_check_timestamp_seconds " in f.content_string
-    if name(host) in (DB_PRIMARY, DB_REPLICA):
+    if name(host) in DB_HOSTS:
         assert 'path="/etc/ai-platform/tls/ca.crt"' in f.content_string
 
 
@@ -84,10 +63,6 @@ def test_stub_status_is_served_on_loopback_only(host):
     assert not [s for s in sockets if s.endswith(":8081") and "127.0.0.1" not in s]
 
 
-def test_no_failed_units(host):
-    assert host.check_output("systemctl --failed --no-legend --plain") == ""
-
-
 # --- Prometheus and Alertmanager -------------------------------------------------------
 
 def test_prometheus_and_alertmanager_listen_on_loopback_only(prom):
@@ -97,9 +72,9 @@ def test_prometheus_and_alertmanager_listen_on_loopback_only(prom):
 
 
 def test_every_target_is_up(prom):
-    expected = {("prometheus", PROM), ("alertmanager", PROM), ("node", PROM), ("node", DB_PRIMARY),
-                ("node", DB_REPLICA), ("postgres", DB_PRIMARY), ("postgres", DB_REPLICA),
-                ("redis", f"{PROM}:broker"), ("redis", f"{PROM}:cache"), ("node", LB), ("nginx", LB)}
+    expected = {("prometheus", PROM), ("alertmanager", PROM), ("node", PROM), ("redis", f"{PROM}:broker"),
+                ("redis", f"{PROM}:cache"), ("nginx", LB)}
+    expected |= {(job, h) for h in DB_HOSTS for job in ("node", "postgres")}
 
     def all_up():
         targets = api(prom, "targets")["activeTargets"]
@@ -122,16 +97,17 @@ def test_exporters_report_replication_redis_and_certificates(prom):
         return api(prom, "query?query=" + urllib.parse.quote(q))["result"]
 
     wait_for("first scrapes", lambda: query("aiplatform_pg_replication_slot_active"), timeout=60)
-    slots = query('aiplatform_pg_replication_slot_active{instance="mon-db1"}')
-    assert [(s["metric"]["slot_name"], s["value"][1]) for s in slots] == [("mon_db2", "1")]
-    assert query('aiplatform_pg_recovery_wal_receiver_streaming{instance="mon-db2"}')[0]["value"][1] == "1"
+    slots = query(f'aiplatform_pg_replication_slot_active{{instance="{DB_PRIMARY}"}}')
+    assert sorted((s["metric"]["slot_name"], s["value"][1]) for s in slots) == [("db_2", "1"), ("db_3", "1")]
+    for replica in ("db-2", "db-3"):
+        assert query(f'aiplatform_pg_recovery_wal_receiver_streaming{{instance="{replica}"}}')[0]["value"][1] == "1"
     assert {r["metric"]["instance"] for r in query("redis_up == 1")} == {f"{PROM}:broker", f"{PROM}:cache"}
     assert [r["metric"]["instance"] for r in query("nginx_up == 1")] == [LB]
     assert query("nginx_connections_accepted > 0")
     units = query('node_systemd_unit_state{name="postgresql.service", state="active"} == 1')
-    assert {r["metric"]["instance"] for r in units} == {DB_PRIMARY, DB_REPLICA}
+    assert {r["metric"]["instance"] for r in units} == set(DB_HOSTS)
     certs = query("tls_certificate_not_after_timestamp_seconds - time() > 300 * 86400")
-    assert {r["metric"]["instance"] for r in certs} >= {DB_PRIMARY, DB_REPLICA}
+    assert {r["metric"]["instance"] for r in certs} >= set(DB_HOSTS)
 
 
 def test_alertmanager_runs_without_receivers(prom):
@@ -175,7 +151,7 @@ def test_stopping_the_replica_fires_the_replica_alert(prom):
                          lambda: firing(prom, "PostgresqlReplicaNotStreaming"), timeout=120)
         print(f"PostgresqlReplicaNotStreaming fired {time.monotonic() - started:.0f} s after the stop")
         assert alert[0]["labels"]["instance"] == DB_PRIMARY
-        assert alert[0]["labels"]["slot_name"] == "mon_db2"
+        assert alert[0]["labels"]["slot_name"] == "db_2"
         wait_for("PostgresqlDown firing", lambda: firing(prom, "PostgresqlDown"), timeout=90)
     finally:
         db.run_test("systemctl start postgresql.service")
@@ -185,6 +161,6 @@ def test_stopping_the_replica_fires_the_replica_alert(prom):
 def test_database_hosts_send_their_journals_to_the_collector(prom):
     def senders():
         out = prom.check_output("journalctl -D /var/log/journal/remote --field _HOSTNAME 2>/dev/null || true")
-        return {DB_PRIMARY, DB_REPLICA} <= set(out.split()) and out
+        return set(DB_HOSTS) <= set(out.split()) and out
 
-    wait_for("journals of both database hosts on the collector", senders, timeout=60)
+    wait_for("journals of every database host on the collector", senders, timeout=60)

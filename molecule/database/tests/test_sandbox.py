@@ -1,8 +1,9 @@
-"""The sandbox drop-in of postgresql@.service (Debian 12, PostgreSQL 15): exposure, confinement, and
-the server features it must leave alone (JIT, parallel query)."""
+"""The sandbox drop-in of postgresql@.service (Debian 12, PostgreSQL 15), after switchover, failover and
+rejoin: exposure, confinement, and the server features it must leave alone (JIT, parallel query)."""
 import re
 
-UNIT = "postgresql@15-main.service"
+from conftest import CONF_DIR, DATA_DIR, DB_HOSTS, UNIT, only
+
 # Measured on the Debian 12 lab hosts (9.6 without the drop-in).
 MAX_EXPOSURE = 1.3
 
@@ -12,11 +13,13 @@ def sql(host, *queries):
     return host.check_output(f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d postgres {cmd}")
 
 
-def test_exposure(exposure):
+def test_exposure(host, exposure):
+    only(host, *DB_HOSTS)
     assert exposure(UNIT) <= MAX_EXPOSURE
 
 
 def test_every_process_runs_as_postgres_without_capabilities(host):
+    only(host, *DB_HOSTS)
     postmaster = host.check_output(f"systemctl show -p MainPID --value {UNIT}")
     pids = host.check_output(f"ps -o pid= -p {postmaster} --ppid {postmaster}").split()
     assert len(pids) >= 4  # postmaster, checkpointer, ...
@@ -28,9 +31,10 @@ def test_every_process_runs_as_postgres_without_capabilities(host):
 
 
 def test_system_read_only_data_writable(host):
+    only(host, *DB_HOSTS)
     # The server itself writes (COPY TO a file): its configuration folder belongs to postgres, so only
     # the sandbox stops it there; its data directory stays writable.
-    conf_probe, data_probe = "/etc/postgresql/15/main/sandbox-probe", "/var/lib/postgresql/15/main/sandbox-probe"
+    conf_probe, data_probe = f"{CONF_DIR}/sandbox-probe", f"{DATA_DIR}/sandbox-probe"
     refused = host.run(f"runuser -u postgres -- psql -XAtq -d postgres -c \"COPY (SELECT 1) TO '{conf_probe}'\"")
     assert refused.rc != 0 and "Read-only file system" in refused.stderr, refused.stderr
     assert not host.file(conf_probe).exists
@@ -39,6 +43,7 @@ def test_system_read_only_data_writable(host):
 
 
 def test_jit_works(host):
+    only(host, *DB_HOSTS)
     # LLVM's JIT needs memory it writes and then executes: why MemoryDenyWriteExecute stays off.
     assert sql(host, "SELECT pg_jit_available()") == "t"
     out = sql(host, "SET jit_above_cost = 0", "SET jit_optimize_above_cost = 0", "SET jit_inline_above_cost = 0",
@@ -48,6 +53,7 @@ def test_jit_works(host):
 
 
 def test_parallel_query_works(host):
+    only(host, *DB_HOSTS)
     # Parallel workers share memory through /dev/shm (dynamic_shared_memory_type posix).
     out = sql(host, "SET force_parallel_mode = on", "SET parallel_setup_cost = 0",
               "EXPLAIN (ANALYZE, VERBOSE, COSTS OFF) SELECT count(*) FROM pg_class")

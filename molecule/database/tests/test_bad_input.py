@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(os.environ.get("AIPL_REPO", Path(__file__).resolve().parents[5]))
+REPO = Path(os.environ.get("AIPL_REPO", Path(__file__).resolve().parents[3]))
 PASSWORDS = {
     "postgresql_app_password": "app-secret-123",
     "postgresql_replication_password": "repl-secret-123",

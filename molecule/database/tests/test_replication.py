@@ -1,4 +1,5 @@
-"""Streaming replication, TLS, access rules and backups on the converged lab hosts."""
+"""Streaming replication, TLS, access rules and backups, after the side effect's switchover, failover,
+rejoin and switch back (the cluster ends as the inventory says: db-1 primary)."""
 import os
 import subprocess
 import time
@@ -6,57 +7,40 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import (ADDRESSES, APP_HOST, BACKUP_HOST, CONF_DIR, DATA_DIR, DB_HOSTS, PG_VERSION, PRIMARY, REPLICAS,
+                      name, only, other, sql)
 
-PRIMARY = "pg-repl-1"
-PRIMARY_ADDR = "10.90.2.11"
-REPLICAS = {"pg-repl-2": "10.90.2.12", "pg-repl-3": "10.90.2.13"}
-BACKUP_HOST = "pg-repl-2"
-APP_HOST = "pg-repl-3"
-DATA_DIR = "/var/lib/postgresql/15/main"
+PRIMARY_ADDR = ADDRESSES[PRIMARY]
 CA = "/etc/ai-platform/tls/ca.crt"
 APP_PASSWORD = "app-secret-for-molecule-only"
 
 
-def name(host):
-    return host.backend.get_hostname()
-
-
-def sql(host, query, db="postgres"):
-    return host.check_output("runuser -u postgres -- psql -XAt -d %s -c %s", db, query)
-
-
-def other(host, hostname):
-    b = host.backend
-    return host.get_host(f"ansible://{hostname}", ansible_inventory=b.ansible_inventory, force_ansible=b.force_ansible)
-
-
-def only(host, *names):
-    if name(host) not in names:
-        pytest.skip(f"not for {name(host)}")
-
-
 def test_server_runs_and_starts_at_boot(host):
-    assert host.service("postgresql@15-main").is_running
+    only(host, *DB_HOSTS)
+    assert host.service(f"postgresql@{PG_VERSION}-main").is_running
     assert host.service("postgresql").is_enabled
 
 
 def test_listens_on_loopback_and_private_address_only(host):
+    only(host, *DB_HOSTS)
     listening = host.check_output("ss -Hltn 'sport = :5432' | awk '{print $4}'").split()
     own = PRIMARY_ADDR if name(host) == PRIMARY else REPLICAS[name(host)]
     assert sorted(listening) == sorted(["127.0.0.1:5432", f"{own}:5432"] + (["[::1]:5432"] if "[::1]:5432" in listening else []))
 
 
 def test_data_checksums_and_scram(host):
+    only(host, *DB_HOSTS)
     assert sql(host, "SHOW data_checksums") == "on"
     assert sql(host, "SHOW password_encryption") == "scram-sha-256"
     hashes = sql(host, "SELECT rolname || ' ' || left(rolpassword, 14) FROM pg_authid WHERE rolpassword IS NOT NULL")
     roles = dict(line.split(" ", 1) for line in hashes.splitlines())
-    assert set(roles) == {"postgres", "replicator", "aiplatform"}
+    assert set(roles) == {"postgres", "replicator", "aiplatform", "prometheus_exporter"}  # the last: exporters role
     assert set(roles.values()) == {"SCRAM-SHA-256$"}
 
 
 def test_pg_hba_generated_tls_and_scram_only(host):
-    f = host.file("/etc/postgresql/15/main/pg_hba.conf")
+    only(host, *DB_HOSTS)
+    f = host.file(f"{CONF_DIR}/pg_hba.conf")
     assert (f.user, f.group, f.mode) == ("postgres", "postgres", 0o640)
     rules = [line.split() for line in f.content_string.splitlines() if line.strip() and not line.startswith("#")]
     for rule in rules:
@@ -69,10 +53,11 @@ def test_pg_hba_generated_tls_and_scram_only(host):
     # The server parsed every line.
     assert sql(host, "SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL") == "0"
     app_rules = [r for r in rules if r[1] == "aiplatform"]
-    assert app_rules == [["hostssl", "aiplatform", "aiplatform", "10.90.2.13/32", "scram-sha-256", "#", APP_HOST]]
+    assert app_rules == [["hostssl", "aiplatform", "aiplatform", f"{ADDRESSES[APP_HOST]}/32", "scram-sha-256", "#", APP_HOST]]
 
 
 def test_tls_key_private(host):
+    only(host, *DB_HOSTS)
     key = host.file("/etc/ai-platform/tls/postgresql.key")
     assert (key.user, key.mode) == ("postgres", 0o600)
     pgpass = host.file("/var/lib/postgresql/.pgpass")
@@ -85,13 +70,13 @@ def test_primary_streams_to_every_replica_over_tls(host):
     rows = sql(host, "SELECT r.application_name, r.state, r.sync_state, s.ssl, r.client_addr "
                      "FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) ORDER BY 1")
     assert rows.splitlines() == [f"{h}|streaming|quorum|t|{a}" for h, a in sorted(REPLICAS.items())]
-    assert sql(host, "SHOW synchronous_standby_names") == 'ANY 1 ("pg-repl-2", "pg-repl-3")'
+    assert sql(host, "SHOW synchronous_standby_names") == 'ANY 1 ("db-2", "db-3")'
 
 
 def test_one_active_slot_per_replica(host):
     only(host, PRIMARY)
     slots = sql(host, "SELECT slot_name, slot_type, active FROM pg_replication_slots ORDER BY 1")
-    assert slots.splitlines() == ["pg_repl_2|physical|t", "pg_repl_3|physical|t"]
+    assert slots.splitlines() == [f"{h.replace('-', '_')}|physical|t" for h in sorted(REPLICAS)]
     assert sql(host, "SHOW max_slot_wal_keep_size") == "4GB"
 
 
@@ -112,6 +97,7 @@ def test_replica_was_not_cloned_again(host):
 
 
 def test_same_system_identifier_everywhere(host):
+    only(host, *DB_HOSTS)
     sysid = sql(host, "SELECT system_identifier FROM pg_control_system()")
     primary = other(host, PRIMARY)
     assert sysid == sql(primary, "SELECT system_identifier FROM pg_control_system()")
@@ -156,6 +142,7 @@ def test_other_hosts_cannot_reach_the_app_database(host):
 
 
 def test_backup_timer_only_on_backup_host(host):
+    only(host, *DB_HOSTS)
     timer = host.service("postgresql-backup.timer")
     if name(host) == BACKUP_HOST:
         assert timer.is_enabled and timer.is_running
@@ -175,7 +162,7 @@ def test_backup_set_complete_and_private(host):
     host.check_output(f"cd {latest} && sha256sum --check --quiet SHA256SUMS")
     dump = host.file(f"{latest}/aiplatform.dump")
     assert (dump.user, dump.mode) == ("postgres", 0o600)
-    assert "pgbench_accounts" in host.check_output(f"/usr/lib/postgresql/15/bin/pg_restore --list {latest}/aiplatform.dump")
+    assert "pgbench_accounts" in host.check_output(f"/usr/lib/postgresql/{PG_VERSION}/bin/pg_restore --list {latest}/aiplatform.dump")
     assert "CREATE ROLE aiplatform" in host.check_output(f"zcat {latest}/globals.sql.gz")
     assert "backup set" in host.check_output("journalctl -u postgresql-backup.service --no-pager -q")
 
@@ -199,7 +186,7 @@ def test_restore_refuses_to_replace_the_live_database():
     inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
     if not inventory:
         pytest.skip("needs Molecule's inventory")
-    repo = Path(os.environ.get("AIPL_REPO", Path(__file__).resolve().parents[5]))
+    repo = Path(os.environ.get("AIPL_REPO", Path(__file__).resolve().parents[3]))
     env = dict(os.environ, ANSIBLE_ROLES_PATH=str(repo / "roles"), ANSIBLE_NOCOLOR="1")
     run = subprocess.run(
         ["ansible-playbook", "-i", inventory, str(repo / "playbooks/restore.yml"),
@@ -207,7 +194,7 @@ def test_restore_refuses_to_replace_the_live_database():
         capture_output=True, text=True, env=env, cwd=repo, timeout=600)
     out = run.stdout + run.stderr
     assert run.returncode != 0, out
-    assert "database aiplatform exists on pg-repl-1 (a live database of the application)" in out, out
+    assert "database aiplatform exists on db-1 (a live database of the application)" in out, out
     assert "-e postgresql_restore_confirm=aiplatform" in out, out
     assert "changed=0" in out and "changed=1" not in out, out
 

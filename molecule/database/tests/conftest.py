@@ -1,0 +1,66 @@
+"""Helpers shared by the database scenario's tests (pytest loads this file for each test module here)."""
+import re
+import time
+
+import pytest
+
+PRIMARY = "db-1"
+BACKUP_HOST = "db-2"   # the first replica
+APP_HOST = "db-3"      # a replica that is also in the app group (pg_hba)
+MON = "db-mon"         # Prometheus, Alertmanager, Redis, Debian's nginx
+ADDRESSES = {"db-1": "10.90.2.11", "db-2": "10.90.2.12", "db-3": "10.90.2.13", MON: "10.90.2.20"}
+DB_HOSTS = ("db-1", "db-2", "db-3")
+REPLICAS = {h: ADDRESSES[h] for h in ("db-2", "db-3")}
+PG_VERSION = "15"  # Debian 12
+DATA_DIR = f"/var/lib/postgresql/{PG_VERSION}/main"
+CONF_DIR = f"/etc/postgresql/{PG_VERSION}/main"
+UNIT = f"postgresql@{PG_VERSION}-main.service"
+
+
+def name(host):
+    return host.backend.get_hostname()
+
+
+def sql(host, query, db="postgres"):
+    return host.check_output("runuser -u postgres -- psql -XAt -d %s -c %s", db, query)
+
+
+def other(host, hostname):
+    """The testinfra host of another instance, through the same inventory."""
+    b = host.backend
+    return host.get_host(f"ansible://{hostname}", ansible_inventory=b.ansible_inventory, force_ansible=b.force_ansible)
+
+
+def only(host, *names):
+    if name(host) not in names:
+        pytest.skip(f"not for {name(host)}")
+
+
+def wait_for(what, check, timeout=180, step=5):
+    """Poll check() until it returns a true value; return it, or fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(step)
+
+
+@pytest.fixture
+def db(host):
+    """The host, when it is a database host."""
+    only(host, *DB_HOSTS)
+    return host
+
+
+@pytest.fixture
+def exposure(host):
+    """systemd-analyze's overall exposure figure of a unit on this host."""
+    def measure(unit):
+        out = host.check_output(f"systemd-analyze security --no-pager {unit} | tail -1")
+        value = float(re.search(r"exposure level for \S+: ([0-9.]+)", out).group(1))
+        print(f"{host.backend.get_hostname()} {unit}: exposure {value} ({out})")
+        return value
+    return measure
