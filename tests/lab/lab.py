@@ -22,6 +22,7 @@ its image ``lab_image`` (default debian12) and its network ``lab_network``.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import fcntl
 import glob
 import hashlib
@@ -417,6 +418,24 @@ def wait_ready(names: list[str], timeout: float = 300) -> None:
         sys.exit(f"lab: hosts not booted in {timeout:.0f} s: {' '.join(sorted(pending))}")
 
 
+def prime_apt(names: list[str], tries: int = 3, timeout: int = 90) -> None:
+    """apt-get update on every new host, each try bounded in time. Twice in about twenty
+    runs, the first update after boot hung for good: apt's http method kept a relay
+    connection the other side had closed (CLOSE_WAIT), untouched by Acquire::http::Timeout.
+    With fresh lists, the roles' own update (cache_valid_time) is skipped."""
+    def prime(n: str) -> str:
+        for i in range(1, tries + 1):
+            r = docker("exec", n, "timeout", "-k", "5", str(timeout), "apt-get", "update", "-qq", check=False)
+            if r.returncode == 0:
+                return ""
+            log(f"{n}: apt-get update try {i} failed (exit {r.returncode}){', again' if i < tries else ''}")
+        return n
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        failed = [n for n in pool.map(prime, names) if n]
+    if failed:
+        log(f"apt lists not primed on {' '.join(failed)}: the roles' own apt-get update will try")
+
+
 def load_spec(spec: str) -> dict[str, dict]:
     """Hosts from a JSON list of {name, address, image, memory} (Molecule's platforms)."""
     out = {}
@@ -438,7 +457,9 @@ def cmd_up(args) -> None:
     for name, hv in sorted(hosts.items()):
         host_up(name, hv)
     wait_ready(list(hosts))
-    log(f"{len(hosts)} host(s) up (images {t1 - t0:.1f} s, boot {time.time() - t1:.1f} s)")
+    t2 = time.time()
+    prime_apt(list(hosts))
+    log(f"{len(hosts)} host(s) up (images {t1 - t0:.1f} s, boot {t2 - t1:.1f} s, apt lists {time.time() - t2:.1f} s)")
 
 
 def cmd_rm(args) -> None:

@@ -23,8 +23,8 @@ def test_workers_have_enough_open_files(host):
 def test_files(host):
     conf = host.file("/etc/nginx/conf.d/ai-platform.conf")
     assert conf.user == "root" and conf.mode == 0o644
-    assert "server 10.90.6.21:8000 max_fails=3 fail_timeout=30s;" in conf.content_string
-    assert "server 10.90.6.22:8000 max_fails=3 fail_timeout=30s;" in conf.content_string
+    assert "server 10.90.6.21:8000 max_fails=3 fail_timeout=10s;" in conf.content_string
+    assert "server 10.90.6.22:8000 max_fails=3 fail_timeout=10s;" in conf.content_string
     assert "least_conn;" in conf.content_string
     key = host.file("/etc/ai-platform/tls/nginx.key")
     assert key.user == "root" and key.mode == 0o600

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# `make drills`: deploy the lab as `make lab` does (skip with AIPL_BENCH_NO_DEPLOY=1
+# when it is already up), then run the fault drills and security checks
+# (bench/drills/, pytest; its options pass through, e.g. -k tls) and write
+# docs/bench/drills.{json,md}. The drills power hosts off, kill processes and cut
+# the network: run them on a lab, never on production.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+if [[ -z ${AIPL_BENCH_NO_DEPLOY:-} ]]; then bash tests/lab/deploy.sh; fi
+export PATH="$repo/.venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible.cfg" AIPL_REPO="$repo"
+exec python3 -m pytest -v -p no:cacheprovider --durations=0 bench/drills "$@"

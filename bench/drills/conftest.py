@@ -1,0 +1,156 @@
+"""Fault drills and security checks against the lab that `make lab` deployed.
+
+They act on real lab hosts (power off, SIGKILL, network cut) through tests/lab/lab.py,
+so they run on demand (`make drills`), not in `make test`. Each drill asserts; each
+also records what it measured, written to docs/bench/drills.{json,md} at the end.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+INVENTORY = REPO / "inventories/lab/hosts.yml"
+LAB = [sys.executable, str(REPO / "tests/lab/lab.py")]
+OUT = REPO / "docs/bench"
+CA = "/tmp/drill-ca.crt"
+RESULTS: dict[str, dict] = {}
+
+
+def lab(*args: str, timeout: int = 600) -> str:
+    r = subprocess.run(LAB + list(args), capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"lab.py {' '.join(args)} exited {r.returncode}: {r.stderr[-2000:]}")
+    return r.stdout
+
+
+def on(host: str, cmd: str, timeout: int = 600, check: bool = True) -> str:
+    """A shell command on a lab host; its stdout (and stderr when check is off)."""
+    r = subprocess.run(LAB + ["exec", host, "--", "bash", "-c", cmd], capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{host}: {cmd!r} exited {r.returncode}: {r.stdout[-1000:]} {r.stderr[-2000:]}")
+    return r.stdout if check else r.stdout + r.stderr
+
+
+class Lab:
+    def __init__(self) -> None:
+        out = subprocess.run(["ansible-inventory", "-i", str(INVENTORY), "--list"], capture_output=True, text=True, check=True)
+        inv = json.loads(out.stdout)
+        self.inv = inv
+        self.groups = {g: v.get("hosts", []) for g, v in inv.items() if g != "_meta"}
+        self.addr = {h: v["ansible_host"] for h, v in inv["_meta"]["hostvars"].items()}
+        self.lb, self.client = self.groups["lb"][0], self.groups["lab_clients"][0]
+        self.apps = self.groups["app"]
+        self.primary, self.replicas = self.groups["db_primary"][0], self.groups.get("db_replicas", [])
+        self.redis = self.groups["redis"][0]
+        self.base = f"https://{self.addr[self.lb]}:443"
+
+    def hosts(self) -> list[str]:
+        return sorted(self.addr)
+
+    def curl(self, method: str, path: str, token: str | None = None, body: dict | None = None,
+             form_file: str | None = None) -> tuple[int, object]:
+        args = ["curl", "-sS", "--cacert", CA, "-X", method, "-o", "/tmp/drill-body", "-w", "%{http_code}"]
+        if token:
+            args += ["-H", f"'Authorization: Bearer {token}'"]
+        if body is not None:
+            args += ["-H", "'Content-Type: application/json'", "--data-binary", "'" + json.dumps(body) + "'"]
+        if form_file:
+            args += ["-F", f"file=@{form_file}"]
+        # Not checked: curl exits non-zero when the server answers (413) before the whole body was sent.
+        out = on(self.client, " ".join(args) + f" {self.base}{path}", check=False)
+        status = int(re.findall(r"\b(\d{3})\b", out)[-1])
+        text = on(self.client, "cat /tmp/drill-body")
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+    def account(self) -> tuple[str, str]:
+        """A new user with a project: (token, project id). Paced for the /api/ rate limit."""
+        email = f"drill-{time.time_ns()}@example.org"
+        cred = {"email": email, "password": "drill password 0123456789"}
+        assert self.curl("POST", "/api/v1/auth/register", body=cred)[0] == 201
+        time.sleep(0.5)
+        status, tok = self.curl("POST", "/api/v1/auth/login", body=cred)
+        assert status == 200, tok
+        status, project = self.curl("POST", "/api/v1/projects", tok["access_token"], body={"name": "drill"})
+        assert status == 201, project
+        return tok["access_token"], project["id"]
+
+    def start_load(self, name: str, seconds: int, path: str = "/health/live", pause: float = 0.05) -> None:
+        """GETs from the client, one after another, for `seconds`; status codes to /tmp/load-NAME."""
+        on(self.client, f"rm -f /tmp/load-{name}; (end=$((SECONDS + {seconds})); while [ $SECONDS -lt $end ]; do "
+                        f"curl -s -o /dev/null -m 10 -w '%{{http_code}}\\n' --cacert {CA} {self.base}{path} >> /tmp/load-{name}; "
+                        f"sleep {pause}; done; echo done >> /tmp/load-{name}) >/dev/null 2>&1 &")
+
+    def load_result(self, name: str, timeout: int = 600) -> dict[str, int]:
+        deadline = time.monotonic() + timeout
+        while "done" not in on(self.client, f"tail -1 /tmp/load-{name}"):
+            assert time.monotonic() < deadline, f"load {name} did not end"
+            time.sleep(2)
+        codes: dict[str, int] = {}
+        for line in on(self.client, f"cat /tmp/load-{name}").split():
+            if line != "done":
+                codes[line] = codes.get(line, 0) + 1
+        return codes
+
+
+@pytest.fixture(scope="session")
+def the_lab() -> Lab:
+    lab_ = Lab()
+    ca = on(lab_.lb, "cat /etc/ai-platform/tls/ca.crt")
+    on(lab_.client, f"cat > {CA} <<'EOF'\n{ca}EOF")
+    on(lab_.client, "command -v curl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null")
+    return lab_
+
+
+@pytest.fixture
+def record(request):
+    """record(key=value, ...): measurements of this drill, kept in docs/bench/drills.json."""
+    entry = RESULTS.setdefault(request.node.name, {"doc": (request.node.function.__doc__ or "").strip().split("\n")[0]})
+
+    def add(**values) -> None:
+        entry.update(values)
+    return add
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" or (rep.when == "setup" and rep.outcome != "passed"):
+        entry = RESULTS.setdefault(item.name, {"doc": (item.function.__doc__ or "").strip().split("\n")[0]})
+        entry["outcome"] = rep.outcome
+        entry["seconds"] = round(rep.duration, 1)
+        if rep.outcome == "failed":
+            entry["why"] = str(rep.longrepr).strip().splitlines()[-1][:400]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not RESULTS:
+        return
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    path = OUT / "drills.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    drills = {**old.get("drills", {}), **RESULTS}
+    for name in RESULTS:
+        drills[name]["when"] = when
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"drills": drills}, indent=2) + "\n")
+    rows = []
+    for name, d in drills.items():
+        measured = ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("doc", "outcome", "seconds", "why", "when"))
+        rows.append(f"| `{name}` | {d['doc']} | **{d.get('outcome', '?')}** ({d.get('seconds', '?')} s, {d['when'][:16]}) | "
+                    f"{measured}{' — ' + d['why'] if d.get('why') else ''} |")
+    (OUT / "drills.md").write_text(
+        "# Fault drills and security checks\n\nRun by `make drills` (bench/drills/) against the lab that `make lab` "
+        "deployed; each is a test that asserts. Raw results in [drills.json](drills.json).\n\n"
+        "| drill | what it asserts | result | measured |\n| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n")
