@@ -29,7 +29,9 @@ stage() {  # stage NAME CMD...: run, time and record one stage
 want() { [[ " $stages " == *" $1 "* ]]; }
 
 lab_down() { python3 "$repo/tests/lab/lab.py" down; }
-if [[ -z ${AIPL_KEEP_LAB:-} ]]; then
+# Only a run that boots lab hosts takes the lab down on exit: `make lint` (bootstrap
+# and lint only) once removed a lab that `make lab` had deployed.
+if [[ -z ${AIPL_KEEP_LAB:-} ]] && { want molecule || want images; }; then
   trap 'python3 "$repo/tests/lab/lab.py" down >/dev/null 2>&1 || true' EXIT
 fi
 
