@@ -145,6 +145,11 @@ def pytest_sessionfinish(session, exitstatus):
         drills[name]["when"] = when
     OUT.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"drills": drills}, indent=2) + "\n")
+    render(drills)
+
+
+def render(drills: dict) -> None:
+    """docs/bench/drills.md from the results (python3 bench/drills/conftest.py writes it again from drills.json)."""
     rows = []
     for name, d in drills.items():
         measured = ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("doc", "outcome", "seconds", "why", "when"))
@@ -154,3 +159,7 @@ def pytest_sessionfinish(session, exitstatus):
         "# Fault drills and security checks\n\nRun by `make drills` (bench/drills/) against the lab that `make lab` "
         "deployed; each is a test that asserts. Raw results in [drills.json](drills.json).\n\n"
         "| drill | what it asserts | result | measured |\n| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    render(json.loads((OUT / "drills.json").read_text())["drills"])
