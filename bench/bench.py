@@ -41,13 +41,13 @@ def inventory(path: Path = INVENTORY) -> dict:
     return json.loads(out)
 
 
-def on(host: str, cmd: str, timeout: int = 900) -> str:
-    """Run a shell command on a lab host; its stdout."""
+def on(host: str, cmd: str, timeout: int = 900, check: bool = True) -> str:
+    """Run a shell command on a lab host; its stdout (stdout and stderr when check is off)."""
     r = subprocess.run(LAB + ["exec", host, "--", "bash", "-c", cmd],
                        capture_output=True, text=True, timeout=timeout)
-    if r.returncode != 0:
-        raise RuntimeError(f"{host}: {cmd!r} exited {r.returncode}: {r.stderr[-2000:]}")
-    return r.stdout
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{host}: {cmd!r} exited {r.returncode}: {r.stdout[-1000:]} {r.stderr[-2000:]}")
+    return r.stdout if check else r.stdout + r.stderr
 
 
 def ms(value: str) -> float:

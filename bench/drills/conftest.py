@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-INVENTORY = REPO / "inventories/lab/hosts.yml"
-LAB = [sys.executable, str(REPO / "tests/lab/lab.py")]
-OUT = REPO / "docs/bench"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import bench  # noqa: E402  (bench/bench.py: the lab helpers the benchmarks use)
+
+REPO, INVENTORY, LAB, OUT = bench.REPO, bench.INVENTORY, bench.LAB, bench.OUT
 CA = "/tmp/drill-ca.crt"
 RESULTS: dict[str, dict] = {}
 
@@ -32,17 +32,13 @@ def lab(*args: str, timeout: int = 600) -> str:
 
 
 def on(host: str, cmd: str, timeout: int = 600, check: bool = True) -> str:
-    """A shell command on a lab host; its stdout (and stderr when check is off)."""
-    r = subprocess.run(LAB + ["exec", host, "--", "bash", "-c", cmd], capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{host}: {cmd!r} exited {r.returncode}: {r.stdout[-1000:]} {r.stderr[-2000:]}")
-    return r.stdout if check else r.stdout + r.stderr
+    """bench.on with the drills' default timeout."""
+    return bench.on(host, cmd, timeout, check)
 
 
 class Lab:
     def __init__(self) -> None:
-        out = subprocess.run(["ansible-inventory", "-i", str(INVENTORY), "--list"], capture_output=True, text=True, check=True)
-        inv = json.loads(out.stdout)
+        inv = bench.inventory(INVENTORY)
         self.inv = inv
         self.groups = {g: v.get("hosts", []) for g, v in inv.items() if g != "_meta"}
         self.addr = {h: v["ansible_host"] for h, v in inv["_meta"]["hostvars"].items()}

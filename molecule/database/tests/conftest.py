@@ -49,13 +49,6 @@ def wait_for(what, check, timeout=180, step=5):
 
 
 @pytest.fixture
-def db(host):
-    """The host, when it is a database host."""
-    only(host, *DB_HOSTS)
-    return host
-
-
-@pytest.fixture
 def exposure(host):
     """systemd-analyze's overall exposure figure of a unit on this host."""
     def measure(unit):
