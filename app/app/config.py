@@ -41,7 +41,10 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     celery_broker_url: str | None = None  # defaults to REDIS_URL
     celery_result_backend: str | None = None  # defaults to REDIS_URL
-    celery_visibility_timeout: int = Field(default=3600, ge=10)
+    # Redis hands an unacknowledged message out again after this long: it must exceed
+    # the indexing time limit and the longest retry countdown (both sit unacknowledged).
+    celery_visibility_timeout: int = Field(default=900, ge=10)
+    index_time_limit_seconds: int = Field(default=600, ge=10)  # hard limit of one indexing run
     index_max_retries: int = Field(default=5, ge=0)
     index_retry_backoff_seconds: float = Field(default=5.0, gt=0)
     index_retry_backoff_max_seconds: float = Field(default=300.0, gt=0)
@@ -49,7 +52,10 @@ class Settings(BaseSettings):
     purge_interval_seconds: int = Field(default=3600, ge=10)
     stuck_upload_retention_hours: float = Field(default=24.0, gt=0)
     failed_upload_retention_hours: float = Field(default=168.0, gt=0)
-    stuck_requeue_after_minutes: float = Field(default=30.0, gt=0)
+    # Documents pending/indexing this long with no worker on them are queued again
+    # (checked every requeue_interval_seconds by beat's requeue_stuck task).
+    stuck_requeue_after_minutes: float = Field(default=2.0, gt=0)
+    requeue_interval_seconds: int = Field(default=60, ge=10)
 
     # Secrets
     secret_key: SecretStr = SecretStr("")
@@ -103,6 +109,13 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
+        longest_unacked = max(self.index_time_limit_seconds,
+                              self.index_retry_backoff_max_seconds * 1.2)
+        if self.celery_visibility_timeout <= longest_unacked:
+            raise ValueError(
+                f"CELERY_VISIBILITY_TIMEOUT ({self.celery_visibility_timeout} s) must exceed "
+                f"INDEX_TIME_LIMIT_SECONDS and 1.2 x INDEX_RETRY_BACKOFF_MAX_SECONDS "
+                f"({longest_unacked:g} s), or Redis hands out a running task twice")
         if self.environment == "production":
             problems = production_problems(self)
             if problems:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select, text, update
+from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import Database
@@ -144,7 +145,6 @@ def purge_documents(db: Database, store: VectorStore, settings: Settings) -> Pur
 
 @dataclass
 class ReconcileResult:
-    requeued: list[str] = field(default_factory=list)
     reindexed: list[str] = field(default_factory=list)
     orphan_vectors_deleted: int = 0
 
@@ -153,9 +153,8 @@ def reconcile(db: Database, store: VectorStore, settings: Settings) -> Reconcile
     """Bring ChromaDB in line with PostgreSQL.
 
     * ready documents whose vectors are missing (count differs) go back to pending;
-    * vectors of documents that no longer exist are deleted;
-    * documents pending/indexing for too long are handed out again.
-    The caller enqueues ``requeued + reindexed``.
+    * vectors of documents that no longer exist are deleted.
+    The caller enqueues ``reindexed``. Lost indexing runs are requeue_stuck's job.
     """
     result = ReconcileResult()
     # Vectors first, documents second: a vector is only written after its row committed,
@@ -166,10 +165,8 @@ def reconcile(db: Database, store: VectorStore, settings: Settings) -> Reconcile
         counts[doc_id] = counts.get(doc_id, 0) + 1
         orphan_candidates.setdefault(doc_id, []).append(vid)
 
-    stale_before = datetime.now(UTC) - timedelta(minutes=settings.stuck_requeue_after_minutes)
     with db.session() as s:
-        rows = s.execute(select(Document.id, Document.status, Document.chunk_count,
-                                Document.updated_at)).all()
+        rows = s.execute(select(Document.id, Document.status, Document.chunk_count)).all()
         known = {str(r.id) for r in rows}
         for r in rows:
             doc_id = str(r.id)
@@ -178,15 +175,78 @@ def reconcile(db: Database, store: VectorStore, settings: Settings) -> Reconcile
                           .values(status=DocumentStatus.pending,
                                   error="vectors missing; re-indexing"))
                 result.reindexed.append(doc_id)
-            elif (r.status in (DocumentStatus.pending, DocumentStatus.indexing)
-                  and r.updated_at < stale_before):
-                result.requeued.append(doc_id)
 
     orphans = [vid for doc_id, vids in orphan_candidates.items() if doc_id not in known
                for vid in vids]
     if orphans:
         store.delete_ids(orphans)
     result.orphan_vectors_deleted = len(orphans)
-    log.info("reconciled", reindexed=len(result.reindexed), requeued=len(result.requeued),
-             orphan_vectors_deleted=len(orphans))
+    log.info("reconciled", reindexed=len(result.reindexed), orphan_vectors_deleted=len(orphans))
+    return result
+
+
+@dataclass
+class StuckResult:
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def _held_advisory_locks(s: Session) -> set[int]:
+    """Keys of the advisory locks held in this database, as _lock_key returns them."""
+    rows = s.execute(text(
+        "SELECT classid::bigint AS hi, objid::bigint AS lo FROM pg_locks"
+        " WHERE locktype = 'advisory' AND objsubid = 1 AND granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"))
+    held = set()
+    for hi, lo in rows:
+        unsigned = (int(hi) << 32) | int(lo)
+        held.add(unsigned - (1 << 64) if unsigned >= 1 << 63 else unsigned)
+    return held
+
+
+def requeue_stuck(db: Database, settings: Settings, *, queue_idle: bool) -> StuckResult:
+    """Find documents whose indexing was lost, so that the caller queues them again.
+
+    A run holds the document's advisory lock, so a document ``indexing`` for longer than
+    ``stuck_requeue_after_minutes`` whose lock is free lost its worker (killed, timed out,
+    host gone): it is queued again, or failed once it has used up its attempts. A document
+    ``pending`` that long is queued again only while the queue is idle (``queue_idle``):
+    with messages waiting it may simply not have had its turn. A duplicate message is
+    harmless (the lock and the ``ready`` check make it a no-op), and each document is
+    handed out at most once per threshold because its ``updated_at`` is touched. A
+    ``pending`` document with an error waits for its retry: it counts as lost only when the
+    longest retry countdown has passed on top of the threshold.
+    """
+    result = StuckResult()
+    now = datetime.now(UTC)
+    stale_before = now - timedelta(minutes=settings.stuck_requeue_after_minutes)
+    with db.session() as s:
+        rows = s.execute(
+            select(Document.id, Document.status, Document.attempts, Document.error,
+                   Document.updated_at)
+            .where(Document.status.in_([DocumentStatus.pending, DocumentStatus.indexing]),
+                   Document.updated_at < stale_before)
+            .with_for_update(skip_locked=True)).all()
+        if not rows:
+            return result
+        held = _held_advisory_locks(s)
+        retry_due_before = stale_before - timedelta(
+            seconds=settings.index_retry_backoff_max_seconds * 1.2)
+        for r in rows:
+            if _lock_key(r.id) in held:
+                continue  # a worker is on it right now
+            if r.status == DocumentStatus.pending and (
+                    not queue_idle or (r.error and r.updated_at >= retry_due_before)):
+                continue
+            if r.status == DocumentStatus.indexing and r.attempts > settings.index_max_retries:
+                s.execute(update(Document).where(Document.id == r.id).values(
+                    status=DocumentStatus.failed, updated_at=now,
+                    error=f"indexing was lost {r.attempts} times (worker killed or "
+                          f"over INDEX_TIME_LIMIT_SECONDS); giving up"))
+                result.failed.append(str(r.id))
+                continue
+            s.execute(update(Document).where(Document.id == r.id).values(updated_at=now))
+            result.requeued.append(str(r.id))
+    if result.requeued or result.failed:
+        log.warning("stuck_documents", requeued=len(result.requeued), failed=len(result.failed))
     return result

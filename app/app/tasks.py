@@ -2,7 +2,11 @@
 
 Reliability: tasks are acknowledged only after they finish (acks_late) and a task whose
 worker process dies is put back on the queue (reject_on_worker_lost); if the whole worker
-host dies, Redis hands the unacknowledged message out again after the visibility timeout.
+host dies, Redis hands the unacknowledged message out again after the visibility timeout,
+and sooner than that beat's requeue_stuck task queues again every document whose indexing
+run is gone (its advisory lock is free) or whose message was lost (Redis restarted, or
+the broker was down when the API queued it). Indexing has a hard time limit, so the
+visibility timeout can stay in minutes.
 Transient failures retry with exponential backoff; documents that cannot be read fail at
 once with a reason.
 """
@@ -14,6 +18,8 @@ import uuid
 from typing import Any
 
 from celery import Celery, Task, signals
+from celery.exceptions import SoftTimeLimitExceeded
+from kombu.exceptions import ChannelError
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import get_settings
@@ -51,6 +57,10 @@ celery_app.conf.update(
             "task": "app.tasks.purge_documents",
             "schedule": float(settings.purge_interval_seconds),
         },
+        "requeue-stuck": {
+            "task": "app.tasks.requeue_stuck",
+            "schedule": float(settings.requeue_interval_seconds),
+        },
         "reconcile-vectors": {
             "task": "app.tasks.reconcile_vectors",
             "schedule": float(settings.reconcile_interval_seconds),
@@ -80,7 +90,10 @@ def _store() -> Any:
 
 
 @celery_app.task(name="app.tasks.index_document", bind=True,
-                 max_retries=settings.index_max_retries)
+                 max_retries=settings.index_max_retries,
+                 soft_time_limit=max(settings.index_time_limit_seconds - 30,
+                                     settings.index_time_limit_seconds * 0.9),
+                 time_limit=settings.index_time_limit_seconds)
 def index_document(self: Task, document_id: str) -> str:
     from app import indexing
     from app.embeddings import ModelNotFound, get_embedder
@@ -93,6 +106,12 @@ def index_document(self: Task, document_id: str) -> str:
     except indexing.PermanentIndexingError as exc:
         log.warning("index_failed", document_id=document_id, reason=str(exc))
         indexing.set_status(db, doc_id, DocumentStatus.failed, str(exc))
+        return "failed"
+    except SoftTimeLimitExceeded:
+        # The same document would take as long again: fail it with the reason.
+        reason = f"indexing took longer than {settings.index_time_limit_seconds} s"
+        log.error("index_time_limit", document_id=document_id)
+        _try_set_status(doc_id, DocumentStatus.failed, reason)
         return "failed"
     except (VectorStoreUnavailable, SQLAlchemyError, ModelNotFound, OSError) as exc:
         reason = f"{type(exc).__name__}: {exc}"[:500]
@@ -131,13 +150,37 @@ def reconcile_vectors() -> dict[str, int]:
     from app import indexing
 
     result = indexing.reconcile(get_database(), _store(), settings)
-    for doc_id in result.reindexed + result.requeued:
+    for doc_id in result.reindexed:
         index_document.delay(doc_id)
     return {
         "reindexed": len(result.reindexed),
-        "requeued": len(result.requeued),
         "orphan_vectors_deleted": result.orphan_vectors_deleted,
     }
+
+
+def _queue_length() -> int | None:
+    """Messages waiting in the indexing queue; None when the broker cannot say."""
+    try:
+        with celery_app.connection_for_read() as conn:
+            declared = conn.default_channel.queue_declare(
+                queue=celery_app.conf.task_default_queue, passive=True)
+            return int(declared.message_count)
+    except ChannelError:  # Redis keeps no empty list: "no queue" means an empty one
+        return 0
+    except Exception as exc:  # broker down: treat the queue as busy
+        log.warning("queue_length_unknown", error=type(exc).__name__)
+        return None
+
+
+@celery_app.task(name="app.tasks.requeue_stuck")
+def requeue_stuck() -> dict[str, int]:
+    """Queue again the documents whose indexing was lost (indexing.requeue_stuck)."""
+    from app import indexing
+
+    result = indexing.requeue_stuck(get_database(), settings, queue_idle=_queue_length() == 0)
+    for doc_id in result.requeued:
+        index_document.delay(doc_id)
+    return {"requeued": len(result.requeued), "failed": len(result.failed)}
 
 
 def enqueue_index(document_id: uuid.UUID) -> bool:

@@ -131,3 +131,14 @@ def test_chroma_token_header() -> None:
     assert s.chroma_headers == {"X-Chroma-Token": "tok"}
     assert Settings(chroma_url="https://chroma.internal").chroma_host_port_ssl == (
         "chroma.internal", 443, True)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"celery_visibility_timeout": 600},  # == the default indexing time limit
+    {"celery_visibility_timeout": 300, "index_time_limit_seconds": 60},  # < 1.2 x 300 s backoff
+])
+def test_visibility_timeout_must_outlast_a_run_and_a_retry_countdown(overrides: dict) -> None:
+    with pytest.raises(ValueError, match="CELERY_VISIBILITY_TIMEOUT"):
+        Settings(**overrides)
+    assert Settings(celery_visibility_timeout=400, index_time_limit_seconds=60,
+                    index_retry_backoff_max_seconds=300).celery_visibility_timeout == 400

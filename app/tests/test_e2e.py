@@ -359,15 +359,91 @@ def test_reconcile_restores_missing_and_drops_orphan_vectors(
     assert store.count_document(doc["id"]) == done["chunk_count"] >= 1
 
 
-def test_reconcile_requeues_stuck_pending(client: Any, worker: Any, user: dict[str, Any],
-                                          project: dict[str, Any], settings: Any) -> None:
-    from app.tasks import reconcile_vectors
+def test_requeue_stuck_queues_a_lost_pending_upload(
+    client: Any, worker: Any, user: dict[str, Any], project: dict[str, Any], settings: Any,
+) -> None:
+    """A pending document whose message is gone (broker down at upload) gets indexed."""
+    from app.tasks import requeue_stuck
 
     doc_id = _insert_document(settings, project["id"], b"Stuck upload about auroras.",
                               status="pending", age_hours=2)
-    result = reconcile_vectors.delay().get(timeout=60)
+    result = requeue_stuck.delay().get(timeout=60)
     assert result["requeued"] >= 1
     wait_for_status(client, user, project["id"], doc_id, {"ready"}, timeout=60)
+
+
+def _set_attempts(settings: Any, doc_id: str, attempts: int) -> None:
+    engine = create_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE documents SET attempts = :a, updated_at = now() - "
+                          "interval '2 hours' WHERE id = :i"), {"a": attempts, "i": doc_id})
+    engine.dispose()
+
+
+def test_requeue_stuck_leaves_running_work_and_retries_lost_work(
+    project: dict[str, Any], settings: Any,
+) -> None:
+    """The advisory lock tells a running indexing run from a lost one; pending waits."""
+    from app import indexing
+    from app.db import Database
+
+    db = Database(settings)
+    running = _insert_document(settings, project["id"], b"a", "indexing", age_hours=2)
+    lost = _insert_document(settings, project["id"], b"b", "indexing", age_hours=2)
+    hopeless = _insert_document(settings, project["id"], b"c", "indexing", age_hours=2)
+    _set_attempts(settings, hopeless, settings.index_max_retries + 1)
+    waiting = _insert_document(settings, project["id"], b"d", "pending", age_hours=2)
+    fresh = _insert_document(settings, project["id"], b"e", "indexing", age_hours=0)
+    holder_engine = create_engine(settings.database_url)
+    holder = holder_engine.connect()
+    try:  # a worker on `running`: its session holds the document's lock
+        holder.execute(text("SELECT pg_advisory_lock(:k)"),
+                       {"k": indexing._lock_key(uuid.UUID(running))})
+        busy = indexing.requeue_stuck(db, settings, queue_idle=False)
+        assert lost in busy.requeued
+        assert running not in busy.requeued and fresh not in busy.requeued
+        assert waiting not in busy.requeued  # messages waiting: it may just be queued
+        assert hopeless in busy.failed and lost not in busy.failed
+        again = indexing.requeue_stuck(db, settings, queue_idle=True)
+        assert lost not in again.requeued  # handed out once per threshold (updated_at)
+        assert waiting in again.requeued and running not in again.requeued
+    finally:  # the session ends: its advisory lock goes with it
+        holder.close()
+        holder_engine.dispose()
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT status, error FROM documents WHERE id = :i"),
+                           {"i": hopeless}).one()
+        conn.execute(text("UPDATE documents SET updated_at = now() - interval '2 hours'"
+                          " WHERE id = :i"), {"i": running})
+        conn.commit()
+    engine.dispose()
+    assert row.status == "failed" and "lost" in row.error
+    freed = indexing.requeue_stuck(db, settings, queue_idle=False)
+    assert running in freed.requeued  # lock released: its worker is gone
+    db.engine.dispose()
+
+
+def test_requeue_stuck_waits_out_a_scheduled_retry(project: dict[str, Any],
+                                                   settings: Any) -> None:
+    from app import indexing
+    from app.db import Database
+
+    db = Database(settings)
+    doc = _insert_document(settings, project["id"], b"f", "pending", age_hours=0)
+    seconds = (settings.stuck_requeue_after_minutes + 1) * 60
+    engine = create_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE documents SET error = 'retrying after error: x', updated_at ="
+                          " now() - make_interval(secs => :m) WHERE id = :i"),
+                     {"m": seconds, "i": doc})
+    assert doc not in indexing.requeue_stuck(db, settings, queue_idle=True).requeued
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE documents SET updated_at = now() - interval '2 hours'"
+                          " WHERE id = :i"), {"i": doc})
+    engine.dispose()
+    assert doc in indexing.requeue_stuck(db, settings, queue_idle=True).requeued
+    db.engine.dispose()
 
 
 def test_purge_removes_stale_failed_and_stuck(client: Any, worker: Any, user: dict[str, Any],

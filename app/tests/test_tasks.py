@@ -13,9 +13,14 @@ def test_reliability_settings() -> None:
     assert conf.worker_prefetch_multiplier == 1
     assert conf.broker_transport_options["visibility_timeout"] >= 60
     assert index_document.max_retries >= 1
+    # A hard limit, so that Redis never redelivers a run that is still going.
+    assert index_document.time_limit is not None
+    assert index_document.soft_time_limit < index_document.time_limit
+    assert index_document.time_limit < conf.broker_transport_options["visibility_timeout"]
 
 
 def test_beat_schedule() -> None:
     tasks = {entry["task"] for entry in celery_app.conf.beat_schedule.values()}
-    assert tasks == {"app.tasks.purge_documents", "app.tasks.reconcile_vectors"}
+    assert tasks == {"app.tasks.purge_documents", "app.tasks.reconcile_vectors",
+                     "app.tasks.requeue_stuck"}
     assert set(celery_app.tasks) >= tasks | {"app.tasks.index_document"}
