@@ -8,7 +8,13 @@ from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# PostgreSQL text cannot hold NUL: refused with a 422 instead of failing at the INSERT.
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200,
+                                        pattern=NO_NUL)]
+# Past this, OFFSET would overflow PostgreSQL's bigint (a 500); no listing is that long.
+MAX_OFFSET = 1_000_000
+Description = Annotated[str | None, StringConstraints(max_length=2000, pattern=NO_NUL)]
 Password = Annotated[str, Field(min_length=8, max_length=1024)]
 
 
@@ -43,12 +49,12 @@ class UserOut(BaseModel):
 
 class ProjectIn(Strict):
     name: Name
-    description: Annotated[str | None, Field(max_length=2000)] = None
+    description: Description = None
 
 
 class ProjectPatch(Strict):
     name: Name | None = None
-    description: Annotated[str | None, Field(max_length=2000)] = None
+    description: Description = None
 
 
 class ProjectOut(BaseModel):
@@ -116,11 +122,12 @@ class AskOut(BaseModel):
 
 
 class ProviderIn(Strict):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100,
+                                           pattern=NO_NUL)]
     base_url: AnyHttpUrl
     model: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                            max_length=200)]
-    api_key: Annotated[str, Field(min_length=1, max_length=1000)]
+                                            max_length=200, pattern=NO_NUL)]
+    api_key: Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=NO_NUL)]
     shared: bool = False  # admins only: offered to every user without a provider of their own
 
 

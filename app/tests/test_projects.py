@@ -49,6 +49,21 @@ def test_malformed_project_bodies_are_422(client: Any, user: dict[str, Any]) -> 
     assert client.get("/api/v1/projects?limit=0", headers=h).status_code == 422
 
 
+def test_inputs_postgresql_cannot_take_are_422_not_500(client: Any, user: dict[str, Any],
+                                                        project: dict[str, Any]) -> None:
+    """Found by fuzzing the API (bench/drills/test_fuzz.py): both were 500s."""
+    h = user["headers"]
+    for body in ({"name": "a\u0000b"}, {"name": "ok-nul", "description": "x\u0000"}):
+        assert client.post("/api/v1/projects", json=body, headers=h).status_code == 422, body
+    url = f"/api/v1/projects/{project['id']}"
+    assert client.patch(url, json={"description": "\u0000"}, headers=h).status_code == 422
+    provider = {"name": "p\u0000", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key": "k"}
+    assert client.post("/api/v1/providers", json=provider, headers=h).status_code == 422
+    for listing in ("/api/v1/projects", f"{url}/documents"):
+        assert client.get(f"{listing}?offset={2**63}", headers=h).status_code == 422
+        assert client.get(f"{listing}?offset=1000000", headers=h).json() == []
+
+
 def test_other_users_cannot_see_or_touch(client: Any, make_user: Any) -> None:
     alice, bob = make_user(), make_user()
     p = client.post("/api/v1/projects", json={"name": "private"},

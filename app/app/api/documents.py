@@ -27,7 +27,7 @@ from app.db import Database
 from app.filetypes import UnsupportedType, detect
 from app.log import get_logger
 from app.models import Document, DocumentContent, DocumentStatus, Project, User
-from app.schemas import DocumentOut
+from app.schemas import MAX_OFFSET, DocumentOut
 from app.security import InvalidTokenError, decode_access_token
 from app.uploads import ReceivedFile, UploadInvalid, UploadTooLarge, receive_upload
 from app.vectorstore import VectorStoreUnavailable, get_vector_store
@@ -156,7 +156,7 @@ def _owned_document(session: SessionDep, user: User, project_id: uuid.UUID,
 def list_documents(
     project_id: uuid.UUID, user: CurrentUser, session: SessionDep,
     status_filter: Annotated[DocumentStatus | None, Query(alias="status")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100, offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[Document]:
     owned_project(session, user, project_id)
     query = select(Document).where(Document.project_id == project_id)

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from app.api.deps import CurrentUser, SessionDep, SettingsDep, owned_project
 from app.log import get_logger
 from app.models import Project
-from app.schemas import ProjectIn, ProjectOut, ProjectPatch
+from app.schemas import MAX_OFFSET, ProjectIn, ProjectOut, ProjectPatch
 from app.vectorstore import VectorStoreUnavailable, get_vector_store
 
 router = APIRouter(prefix="/projects", tags=["projects"])
@@ -38,7 +38,7 @@ def create_project(body: ProjectIn, user: CurrentUser, session: SessionDep) -> P
 @router.get("", response_model=list[ProjectOut])
 def list_projects(
     user: CurrentUser, session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100, offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[Project]:
     return list(session.scalars(
         select(Project).where(Project.owner_id == user.id)
