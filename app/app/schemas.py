@@ -127,7 +127,9 @@ class ProviderIn(Strict):
     base_url: AnyHttpUrl
     model: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
                                             max_length=200, pattern=NO_NUL)]
-    api_key: Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=NO_NUL)]
+    # Sent as an HTTP header: visible ASCII only (anything else failed at the call, a 500).
+    api_key: Annotated[str, StringConstraints(min_length=1, max_length=1000,
+                                              pattern=r"^[\x21-\x7e]+$")]
     shared: bool = False  # admins only: offered to every user without a provider of their own
 
 

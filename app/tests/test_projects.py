@@ -59,6 +59,9 @@ def test_inputs_postgresql_cannot_take_are_422_not_500(client: Any, user: dict[s
     assert client.patch(url, json={"description": "\u0000"}, headers=h).status_code == 422
     provider = {"name": "p\u0000", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key": "k"}
     assert client.post("/api/v1/providers", json=provider, headers=h).status_code == 422
+    for key in ("k\u00d7y", "two words"):  # an HTTP header cannot carry them
+        provider = {"name": "p", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key": key}
+        assert client.post("/api/v1/providers", json=provider, headers=h).status_code == 422
     for listing in ("/api/v1/projects", f"{url}/documents"):
         assert client.get(f"{listing}?offset={2**63}", headers=h).status_code == 422
         assert client.get(f"{listing}?offset=1000000", headers=h).json() == []
