@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,11 +23,7 @@ CA = "/tmp/drill-ca.crt"
 RESULTS: dict[str, dict] = {}
 
 
-def lab(*args: str, timeout: int = 600) -> str:
-    r = subprocess.run(LAB + list(args), capture_output=True, text=True, timeout=timeout)
-    if r.returncode != 0:
-        raise RuntimeError(f"lab.py {' '.join(args)} exited {r.returncode}: {r.stderr[-2000:]}")
-    return r.stdout
+lab = bench.lab
 
 
 def on(host: str, cmd: str, timeout: int = 600, check: bool = True) -> str:

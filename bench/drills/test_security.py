@@ -109,7 +109,7 @@ PROJECT_UNITS = re.compile(r"^(ai-platform-.*|redis@.*|chromadb.*|nginx|postgres
 
 
 def test_systemd_exposure_of_every_project_unit(the_lab, record):
-    """systemd-analyze security for every service the project installs: reported, and <= 2.5 for the app's units."""
+    """systemd-analyze security for every service the project installs: reported, <= 2.5 for the app's units, <= 2.2 for the exporters."""
     exposure: dict[str, float] = {}
     for h in the_lab.hosts():
         units = [u for u in on(h, "systemctl list-units --type=service --all --no-legend --plain | awk '{print $1}'").split()
@@ -123,6 +123,8 @@ def test_systemd_exposure_of_every_project_unit(the_lab, record):
     app = {k: v for k, v in exposure.items() if ":ai-platform-" in k}
     assert app and len(exposure) > len(app), exposure
     assert max(app.values()) <= 2.5, app
+    exporters = {k: v for k, v in exposure.items() if re.search(r":prometheus-.*-exporter$", k)}
+    assert exporters and max(exporters.values()) <= 2.2, exporters
 
 
 def _secrets() -> list[str]:
