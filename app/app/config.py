@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_LENGTH = 32
+RETRY_JITTER = 0.2  # indexing retry countdowns vary by +-20 % (app.tasks._backoff)
 MIN_PRODUCTION_HASH_MEMORY_KIB = 19_456  # OWASP's argon2id floor
 _PLACEHOLDERS = ("changeme", "change-me", "change_me", "your-secret-key", "your_secret_key",
                  "secret", "placeholder", "example", "xxx", "todo", "default")
@@ -112,7 +113,7 @@ class Settings(BaseSettings):
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
         longest_unacked = max(self.index_time_limit_seconds,
-                              self.index_retry_backoff_max_seconds * 1.2)
+                              self.longest_retry_countdown_seconds)
         if self.celery_visibility_timeout <= longest_unacked:
             raise ValueError(
                 f"CELERY_VISIBILITY_TIMEOUT ({self.celery_visibility_timeout} s) must exceed "
@@ -125,6 +126,11 @@ class Settings(BaseSettings):
         return self
 
     # Derived values -------------------------------------------------------
+    @property
+    def longest_retry_countdown_seconds(self) -> float:
+        """The longest wait before an indexing retry: the cap plus its +20 % jitter."""
+        return self.index_retry_backoff_max_seconds * (1 + RETRY_JITTER)
+
     @property
     def broker_url(self) -> str:
         return self.celery_broker_url or self.redis_url

@@ -231,7 +231,7 @@ def requeue_stuck(db: Database, settings: Settings, *, queue_idle: bool) -> Stuc
             return result
         held = _held_advisory_locks(s)
         retry_due_before = stale_before - timedelta(
-            seconds=settings.index_retry_backoff_max_seconds * 1.2)
+            seconds=settings.longest_retry_countdown_seconds)
         for r in rows:
             if _lock_key(r.id) in held:
                 continue  # a worker is on it right now

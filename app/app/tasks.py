@@ -22,7 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import ChannelError
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.config import get_settings
+from app.config import RETRY_JITTER, get_settings
 from app.db import get_database
 from app.log import configure_logging, get_logger, init_sentry
 from app.metrics import connect_celery_signals
@@ -80,7 +80,8 @@ connect_celery_signals()  # task counts, durations, failures (app.metrics)
 
 def _backoff(retries: int) -> float:
     base = settings.index_retry_backoff_seconds * (2**retries)
-    return float(min(base, settings.index_retry_backoff_max_seconds) * random.uniform(0.8, 1.2))
+    return float(min(base, settings.index_retry_backoff_max_seconds)
+                 * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER))
 
 
 def _store() -> Any:
