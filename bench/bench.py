@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 INVENTORY = REPO / "inventories/lab/hosts.yml"
 LAB = [sys.executable, str(REPO / "tests/lab/lab.py")]
 OUT = REPO / "docs/bench"
+LOGS = REPO / ".cache/bench-logs"  # whole output of the playbooks the benchmarks run
 
 
 def log(msg: str) -> None:
@@ -462,8 +463,11 @@ ts = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
             t = time.monotonic()
             r = subprocess.run(["ansible-playbook", "-i", str(self.args.inventory), str(REPO / "playbooks" / name), *extra],
                                env=env, capture_output=True, text=True, cwd=REPO)
+            LOGS.mkdir(parents=True, exist_ok=True)
+            saved = LOGS / f"{time.strftime('%H%M%S')}-{name.removesuffix('.yml')}.log"
+            saved.write_text(r.stdout + r.stderr)
             if r.returncode != 0:
-                raise RuntimeError(f"{name} {extra} failed: {r.stdout[-3000:]}")
+                raise RuntimeError(f"{name} {extra} failed (whole output: {saved}): {r.stdout[-3000:]}")
             return round(time.monotonic() - t, 1)
 
         def measure(prefix: str, act, new_primary: str) -> dict:
@@ -492,7 +496,34 @@ ts = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
             log(f"failover {prefix}: {res}")
             return res
 
+        def put_back() -> None:
+            """After a failed step: both hosts up, the inventory's primary the primary again, the
+            other streaming from it (rewound, or cloned again when pg_rewind cannot)."""
+            for h in (primary, replica):
+                lab("start", h)
+            time.sleep(10)
+            role = {h: on(h, f"{psql} -c 'SELECT pg_is_in_recovery()'", check=False).strip() for h in (primary, replica)}
+            log(f"failover: putting the lab back, pg_is_in_recovery: {role}")
+            if role[primary] != "f" and role[replica] == "f":
+                playbook("pg_switchover.yml", "-e", f"current_primary={replica}", "-e", f"new_primary={primary}")
+            elif role[primary] == "f":
+                on(primary, f"{psql} -c 'ALTER SYSTEM RESET synchronous_standby_names' -c 'SELECT pg_reload_conf()'")
+                try:
+                    playbook("pg_rejoin.yml", "-e", f"primary={primary}", "--limit", replica)
+                except RuntimeError:
+                    playbook("pg_rejoin.yml", "-e", f"primary={primary}", "-e", "postgresql_replica_reclone=true", "--limit", replica)
+
         out: dict = {"primary": primary, "replica": replica}
+        try:
+            self._failover_runs(out, primary, replica, psql, measure, playbook)
+        except BaseException:
+            put_back()
+            raise
+        finally:
+            on(primary, f"{psql} -c \"DELETE FROM projects WHERE name ~ '^(sw|foasync|fosync)-'\"", check=False)
+        self.results["failover"] = out
+
+    def _failover_runs(self, out: dict, primary: str, replica: str, psql: str, measure, playbook) -> None:
         out["switchover"] = measure("sw", lambda: playbook("pg_switchover.yml", "-e", f"new_primary={replica}"), replica)
         out["switchover"]["switch_back_s"] = playbook("pg_switchover.yml", "-e", f"current_primary={replica}", "-e", f"new_primary={primary}")
         app_name = on(primary, f"{psql} -c 'SELECT application_name FROM pg_stat_replication'").split()[0]
@@ -516,8 +547,6 @@ ts = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
             res["switch_back_s"] = playbook("pg_switchover.yml", "-e", f"current_primary={replica}", "-e", f"new_primary={primary}")
             on(primary, f"{psql} -c 'ALTER SYSTEM RESET synchronous_standby_names' -c 'SELECT pg_reload_conf()'")
             out[f"failover_{mode}"] = res
-        on(primary, f"{psql} -c \"DELETE FROM projects WHERE name ~ '^(sw|foasync|fosync)-'\"")
-        self.results["failover"] = out
 
     # --- deploy -------------------------------------------------------------------
     def deploy(self) -> None:
@@ -1254,9 +1283,14 @@ def main() -> None:
         return
     bench = Bench(args)
     t0 = time.time()
+    failed = {}
     for name in args.only.split(","):
         log(f"--- {name}")
-        getattr(bench, name)()
+        try:
+            getattr(bench, name)()
+        except Exception as exc:  # one section's failure must not lose the others' results
+            failed[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            log(f"{name} FAILED: {exc}")
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     machine = {"cores": os.cpu_count(), "kernel": platform.release(), "load_at_end": os.getloadavg()}
     old = json.loads((OUT / "results.json").read_text()) if (OUT / "results.json").exists() else {}
@@ -1268,7 +1302,13 @@ def main() -> None:
     if "memory" in merged:  # the RSS-only section of earlier runs
         merged.pop("memory_mib", None)
         runs.pop("memory_mib", None)
+    if failed:
+        merged["failed"] = {**merged.get("failed", {}), **{k: {"when": when, "error": v} for k, v in failed.items()}}
+    for name in bench.results:
+        merged.get("failed", {}).pop(name, None)
     write(merged)
+    if failed:
+        sys.exit(f"bench: sections failed: {', '.join(failed)} (the others were written)")
 
 
 def write(res: dict) -> None:
@@ -1279,7 +1319,9 @@ def write(res: dict) -> None:
     md = (f"# Benchmark results\n\nOn {res['machine']['cores']} cores that every lab host shares. Medians of several runs; "
           "ratios from the same run. Written by `make bench` (bench/bench.py); raw numbers in "
           "[results.json](results.json). Each run replaces only the sections it measured:\n\n" + where + "\n"
-          + (f"{res['note']}\n\n" if res.get("note") else "") + markdown(res))
+          + (f"{res['note']}\n\n" if res.get("note") else "")
+          + "".join(f"- **{name}: failed** in the run of {f['when']}: {f['error']}\n" for name, f in res.get("failed", {}).items())
+          + ("\n" if res.get("failed") else "") + markdown(res))
     (OUT / "results.md").write_text(md)
     print(md)
 

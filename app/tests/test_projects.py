@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import psycopg
+from fastapi.testclient import TestClient
 from helpers import upload
 
 
@@ -103,3 +106,31 @@ def test_unauthenticated_is_401(client: Any, project: dict[str, Any]) -> None:
     r = client.post(f"/api/v1/projects/{project['id']}/documents",
                     files={"file": ("a.txt", b"hello", "text/plain")})
     assert r.status_code == 401
+
+
+def test_a_failed_commit_is_never_answered_201(app: Any, client: Any, user: dict[str, Any]) -> None:
+    """The commit runs before the response is sent: when it fails, the client hears it.
+
+    A deferred constraint trigger makes PostgreSQL refuse one name at COMMIT only
+    (the INSERT itself succeeds), as a primary shutting down mid-request would."""
+    h = user["headers"]
+    with psycopg.connect(os.environ["DATABASE_URL"].replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("""
+            CREATE FUNCTION test_refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF NEW.name = 'refused-at-commit' THEN RAISE EXCEPTION 'refused at commit'; END IF;
+              RETURN NULL;
+            END $$;
+            CREATE CONSTRAINT TRIGGER test_refuse_at_commit AFTER INSERT ON projects
+              DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_refuse_at_commit();
+        """)
+        try:
+            quiet = TestClient(app, raise_server_exceptions=False)  # the app's own 500, not the test's exception
+            r = quiet.post("/api/v1/projects", json={"name": "refused-at-commit"}, headers=h)
+            assert r.status_code == 500, (r.status_code, r.text)
+            ok = client.post("/api/v1/projects", json={"name": "accepted"}, headers=h)
+            assert ok.status_code == 201
+        finally:
+            conn.execute("DROP TRIGGER test_refuse_at_commit ON projects; DROP FUNCTION test_refuse_at_commit()")
+    names = [p["name"] for p in client.get("/api/v1/projects", headers=h).json()]
+    assert names == ["accepted"]

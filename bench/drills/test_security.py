@@ -109,7 +109,8 @@ PROJECT_UNITS = re.compile(r"^(ai-platform-.*|redis@.*|chromadb.*|nginx|postgres
 
 
 def test_systemd_exposure_of_every_project_unit(the_lab, record):
-    """systemd-analyze security for every service the project installs: reported, <= 2.5 for the app's units, <= 2.2 for the exporters."""
+    """systemd-analyze security for every service the project installs: reported, <= 2.5 for the app's units, <= 2.2 for the
+    exporters, <= 1.5 for Prometheus and Alertmanager."""
     exposure: dict[str, float] = {}
     for h in the_lab.hosts():
         units = [u for u in on(h, "systemctl list-units --type=service --all --no-legend --plain | awk '{print $1}'").split()
@@ -125,6 +126,9 @@ def test_systemd_exposure_of_every_project_unit(the_lab, record):
     assert max(app.values()) <= 2.5, app
     exporters = {k: v for k, v in exposure.items() if re.search(r":prometheus-.*-exporter$", k)}
     assert exporters and max(exporters.values()) <= 2.2, exporters
+    monitoring = {k: v for k, v in exposure.items() if re.search(r":prometheus(-alertmanager)?$", k)}
+    assert len(monitoring) == 2 * len(the_lab.inv.get("monitoring", {}).get("hosts", [])) > 0, monitoring
+    assert max(monitoring.values()) <= 1.5, monitoring
 
 
 def _secrets() -> list[str]:

@@ -43,8 +43,12 @@ def get_read_session(db: Annotated[Database, Depends(get_db)]) -> Iterator[Sessi
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-SessionDep = Annotated[Session, Depends(get_session)]
-ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+# scope="function": the session commits (and closes) when the endpoint has
+# returned and its response is built, but before the response is sent. With the
+# default scope FastAPI sends the response first, so a commit that failed (the
+# primary shutting down in a switchover) had already been answered 201.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 
 
 def _user_from_token(token: str | None, session: Session, settings: Settings) -> User:
