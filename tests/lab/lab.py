@@ -14,6 +14,7 @@ nothing is added to the machine's own network namespace and the machine's
     down                   remove hosts, engine, relay and namespace (idempotent)
     status                 what runs
     stop|start|cut|heal H  power a host off/on, cut it off the network / reconnect it
+    kill H                 pull a host's power cord (SIGKILL to all its processes)
     exec H -- CMD          run a command on a host
 
 The inventory is the source of truth: a host's address is its ``ansible_host``,
@@ -497,6 +498,8 @@ def cmd_host(args) -> None:
     n = args.host
     if args.action == "stop":
         docker("stop", "-t", "30", n)
+    elif args.action == "kill":
+        docker("kill", n)  # SIGKILL to every process at once: the power cord pulled
     elif args.action == "start":
         docker("start", n)
         wait_ready([n])
@@ -540,7 +543,7 @@ def main() -> None:
     pr.set_defaults(fn=cmd_rm)
     sub.add_parser("down").set_defaults(fn=lambda a: engine_down())
     sub.add_parser("status").set_defaults(fn=cmd_status)
-    for action in ("stop", "start", "cut", "heal"):
+    for action in ("stop", "kill", "start", "cut", "heal"):
         ph = sub.add_parser(action)
         ph.add_argument("host")
         ph.set_defaults(fn=cmd_host, action=action)
