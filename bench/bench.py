@@ -1404,7 +1404,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=10, help="length of each load run")
     ap.add_argument("--conns", type=int, default=32, help="wrk connections")
     ap.add_argument("--deploy-runs", type=int, default=2, help="idempotent site.yml re-runs (median reported)")
-    ap.add_argument("--only", default="converge,serving,ratelimits,failover,indexing,memory,deploy,database")
+    ap.add_argument("--only", default="converge,serving,ratelimits,failover,memory,deploy,indexing,database")
     ap.add_argument("--inventory", type=Path, default=INVENTORY, help="inventory of the lab to measure (database: any with db_primary)")
     ap.add_argument("--scale", type=int, default=70, help="pgbench scale of the database benchmark (70: about 1 GB)")
     ap.add_argument("--chunks", type=int, default=10000, help="indexing: chunks through the Celery path (first search size)")
@@ -1417,33 +1417,43 @@ def main() -> None:
         write(json.loads((OUT / "results.json").read_text()))
         return
     bench = Bench(args)
-    t0 = time.time()
-    failed = {}
+    failed: dict = {}
     for name in args.only.split(","):
         log(f"--- {name}")
+        t0 = time.time()
         try:
             getattr(bench, name)()
         except Exception as exc:  # one section's failure must not lose the others' results
             failed[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
             log(f"{name} FAILED: {exc}")
+        # Written after every section: a run stopped midway keeps what it measured.
+        save(args, {name: bench.results[name]} if name in bench.results else {}, {name: failed[name]} if name in failed else {},
+             round(time.time() - t0))
+    if failed:
+        sys.exit(f"bench: sections failed: {', '.join(failed)} (the others were written)")
+
+
+def save(args: argparse.Namespace, results: dict, failed: dict, seconds: int) -> None:
+    """Merge one section's results (or its failure) into results.json and write the tables."""
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     machine = {"cores": os.cpu_count(), "kernel": platform.release(), "load_at_end": os.getloadavg()}
     old = json.loads((OUT / "results.json").read_text()) if (OUT / "results.json").exists() else {}
     runs = old.get("runs", {})
-    for name in bench.results:
+    for name in results:
         runs[name] = {"when": when, "inventory": str(args.inventory.resolve().relative_to(REPO)) if args.inventory.resolve().is_relative_to(REPO)
-                      else "a Molecule scenario's", "seconds": round(time.time() - t0), "machine": machine}
-    merged = {**old, "when": when, "machine": machine, "runs": runs, **bench.results}
+                      else "a Molecule scenario's", "seconds": seconds, "machine": machine}
+    merged = {**old, "when": when, "machine": machine, "runs": runs, **results}
+    if "serving" in results:  # the note said under which load the lab sections of an earlier run were measured
+        merged.pop("note", None)
     if "memory" in merged:  # the RSS-only section of earlier runs
         merged.pop("memory_mib", None)
         runs.pop("memory_mib", None)
-    if failed:
-        merged["failed"] = {**merged.get("failed", {}), **{k: {"when": when, "error": v} for k, v in failed.items()}}
-    for name in bench.results:
-        merged.get("failed", {}).pop(name, None)
+    merged["failed"] = {**merged.get("failed", {}), **{k: {"when": when, "error": v} for k, v in failed.items()}}
+    for name in results:
+        merged["failed"].pop(name, None)
+    if not merged["failed"]:
+        merged.pop("failed")
     write(merged)
-    if failed:
-        sys.exit(f"bench: sections failed: {', '.join(failed)} (the others were written)")
 
 
 def write(res: dict) -> None:
