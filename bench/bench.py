@@ -269,6 +269,11 @@ class Bench:
             for name, host in (("seed_live", "seed.bench"), ("nginx_return_200", "ceiling.bench")):
                 runs = []
                 for i in range(a.runs):
+                    if name == "seed_live" and i:
+                        # Without upstream keepalive every request leaves a socket in TIME_WAIT on the
+                        # load balancer (60 s): back-to-back runs ran out of local ports and measured
+                        # 1210, 497 and 246 req/s. Each run starts with the ports free again.
+                        on(self.lb, "for _ in $(seq 90); do [ $(ss -Htan state time-wait | wc -l) -lt 1000 ] && break; sleep 1; done")
                     runs.append(wrk(self.client, f"https://{lb}:443/health/live", a.seconds, a.conns, f"Host: {host}"))
                     log(f"serving {name} run {i + 1}: {runs[-1]['rps']:.0f} req/s, p99 {runs[-1]['p99_ms']:.1f} ms, non-2xx {runs[-1]['non_2xx']}")
                 out[name] = median_of(runs)
@@ -1192,9 +1197,16 @@ print(f"{len(used)} weights restored to fp32")
                 break
             sample.append(d["id"])
             n += d["chunk_count"]
-        ref = self._app_run(app, self.INDEX_REFERENCE, {"name": "reference", "project": project, "documents": sample,
-                                                        "collection": f"bench_default_ef_{int(time.time())}"},
-                            work, env=f"-E HOME={home}")
+        # The Celery phase is over: the worker on this host is stopped while the reference runs (with it,
+        # the API and the reference's fp32 model the 2 GiB lab host ran out of memory and the kernel
+        # killed the reference).
+        on(app, "systemctl stop ai-platform-worker")
+        try:
+            ref = self._app_run(app, self.INDEX_REFERENCE, {"name": "reference", "project": project, "documents": sample,
+                                                            "collection": f"bench_default_ef_{int(time.time())}"},
+                                work, env=f"-E HOME={home}")
+        finally:
+            on(app, "systemctl start ai-platform-worker")
         ref["host"] = app
         ref["model"] = ("fp32 all-MiniLM-L6-v2 ONNX (Chroma's own is downloaded at first use and cannot be here: made from "
                         "the app's ONNX graph with the original fp32 safetensors weights put back); Chroma's "
@@ -1296,11 +1308,15 @@ def markdown(res: dict) -> str:
             if r is not None:
                 rows.append((f"{what}: Nginx+TLS vs the same workers direct (req/s)", "≥ 0.7×", f"{r:.2f}×" + (" (miss)" if r < 0.7 else "")))
         if "seed_live" in s:
+            # Against the seed's best run: its back-to-back runs decayed (TIME_WAIT on the load balancer, see references()).
+            best_seed = max(r["rps"] for r in s["seed_live"]["runs"])
+            seed_runs = ", ".join(f"{r['rps']:.0f}" for r in s["seed_live"]["runs"])
             rows.append(("`/health/live` through Nginx+TLS: this deployment vs the seed's way (Nginx without upstream keepalive, "
                          f"one uvicorn process) on the same hosts; {s['app_workers_per_host']} gunicorn workers per app host × "
                          f"{s.get('app_hosts', 2)} hosts", "≥ 2×",
-                         f"{s['nginx_tls_live']['rps']:.0f} vs {s['seed_live']['rps']:.0f} req/s = {s['ratio_vs_seed']:.2f}×"
-                         + (" (miss)" if s["ratio_vs_seed"] < 2 else "")))
+                         f"{s['nginx_tls_live']['rps']:.0f} vs {best_seed:.0f} req/s (the seed's best run; its runs: "
+                         f"{seed_runs}) = {s['nginx_tls_live']['rps'] / best_seed:.2f}×"
+                         + (" (miss)" if s["nginx_tls_live"]["rps"] / best_seed < 2 else "")))
             rows.append(("ceiling: Nginx answering `return 200` itself over TLS", "reported",
                          f"{s['nginx_return_200']['rps']:.0f} req/s; this deployment reaches {s['ratio_vs_ceiling']:.2f}× of it"))
     rl = res.get("ratelimits")
@@ -1450,7 +1466,8 @@ def save(args: argparse.Namespace, results: dict, failed: dict, seconds: int) ->
         runs.pop("memory_mib", None)
     merged["failed"] = {**merged.get("failed", {}), **{k: {"when": when, "error": v} for k, v in failed.items()}}
     for name in results:
-        merged["failed"].pop(name, None)
+        if name not in failed:  # a failed section may leave part of its results: the failure stays listed
+            merged["failed"].pop(name, None)
     if not merged["failed"]:
         merged.pop("failed")
     write(merged)
