@@ -55,6 +55,29 @@ def lab(*args: str, timeout: int = 600, check: bool = True) -> str:
     return r.stdout
 
 
+def run_playbook(inventory: Path, path: str, *extra: str, env: dict | None = None) -> tuple[float, str]:
+    """ansible-playbook PATH (from the repository's root) with the project's ansible.cfg; the whole
+    output is kept in LOGS. Returns its seconds and stdout; raises when the run fails."""
+    t = time.monotonic()
+    r = subprocess.run(["ansible-playbook", "-i", str(inventory), str(REPO / path), *extra],
+                       env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), **(env or {})),
+                       capture_output=True, text=True, cwd=REPO)
+    secs = round(time.monotonic() - t, 1)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    saved = LOGS / f"{time.strftime('%H%M%S')}-{Path(path).stem}.log"
+    saved.write_text(r.stdout + r.stderr)
+    if r.returncode != 0:
+        raise RuntimeError(f"{path} {extra} failed (whole output: {saved}): {r.stdout[-3000:]}")
+    return secs, r.stdout
+
+
+def post_script(host: str, body: str) -> str:
+    """A wrk Lua script on host that sends a JSON POST with this body; its path."""
+    on(host, "cat > /tmp/wrk-post.lua <<'EOF'\nwrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
+             f"wrk.body = {json.dumps(body)}\nEOF")
+    return "/tmp/wrk-post.lua"
+
+
 def drop_ssh_masters() -> None:
     """End Ansible's ControlPersist masters (their hosts are about to be replaced)."""
     for sock in (Path.home() / ".ansible/cp").glob("*"):
@@ -156,9 +179,7 @@ class Bench:
         project = self.search_project(token)
         apps = [self.addr[h] for h in self.app_hosts]
         search = (f"/api/v1/projects/{project}/search", json.dumps({"query": "how does the pump move water", "top_k": 5}))
-        if body_lua := search[1]:  # wrk's POST with a JSON body, as direct() writes it on the load balancer
-            on(self.client, "cat > /tmp/wrk-post.lua <<'EOF'\nwrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
-                            f"wrk.body = {json.dumps(body_lua)}\nEOF")
+        search_lua = post_script(self.client, search[1])
         cases = {
             # An explicit :443: wrk resolves "https" through /etc/services, which minimal hosts lack.
             "nginx_tls_live": (lambda: wrk(self.client, f"https://{lb}:443/health/live", a.seconds, a.conns),
@@ -168,7 +189,7 @@ class Bench:
             "nginx_tls_auth_me": (lambda: wrk(self.client, f"https://{lb}:443/api/v1/auth/me", a.seconds, a.conns, auth),
                                   lambda rate: hey(self.client, [f"https://{lb}:443/api/v1/auth/me"], rate, a.seconds, auth)),
             "nginx_tls_search": (lambda: wrk(self.client, f"https://{lb}:443{search[0]}", a.seconds, a.conns, auth,
-                                             script="/tmp/wrk-post.lua"),
+                                             script=search_lua),
                                  lambda rate: hey(self.client, [f"https://{lb}:443{search[0]}"], rate, a.seconds, auth, search[1])),
             "direct_live": (lambda: self.direct("/health/live", apps),
                             lambda rate: hey(self.lb, [f"http://{ip}:8000/health/live" for ip in apps], rate, a.seconds)),
@@ -196,14 +217,12 @@ class Bench:
         """The client host's address in nginx_rate_limit_exempt while the block runs (the nginx
         role through playbooks/loadbalancer.yml, as an operator would set it), then the
         inventory's setting back."""
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
-        base = ["ansible-playbook", "-i", str(self.args.inventory), str(REPO / "playbooks/loadbalancer.yml")]
         extra = json.dumps({"nginx_rate_limit_exempt": [f"{self.addr[self.client]}/32"]})
-        subprocess.run(base + ["-e", extra], env=env, check=True, capture_output=True, cwd=REPO)
+        run_playbook(self.args.inventory, "playbooks/loadbalancer.yml", "-e", extra)
         try:
             yield
         finally:
-            subprocess.run(base, env=env, check=True, capture_output=True, cwd=REPO)
+            run_playbook(self.args.inventory, "playbooks/loadbalancer.yml")
 
     def _serving_cases(self, cases: dict, out: dict) -> None:
         a = self.args
@@ -288,9 +307,7 @@ class Bench:
         a = self.args
         hdr = f"-H '{header}'" if header else ""
         if body:
-            on(self.lb, "cat > /tmp/wrk-post.lua <<'EOF'\nwrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
-                        f"wrk.body = {json.dumps(body)}\nEOF")
-            hdr += " -s /tmp/wrk-post.lua"
+            hdr += f" -s {post_script(self.lb, body)}"
         conns = max(2, a.conns // len(apps))
         cmd = " & ".join(f"wrk -t1 -c{conns} -d{a.seconds}s --latency {hdr} 'http://{ip}:8000{path}' > /tmp/wrk-{ip}.out 2>&1"
                          for ip in apps) + " & wait; " + "; ".join(f"echo '=== {ip}'; cat /tmp/wrk-{ip}.out" for ip in apps)
@@ -442,13 +459,8 @@ print(json.dumps(out))
         log(f"database: backup {out['backup_s']} s, dump {out['dump_bytes'] / 2**20:.0f} MiB")
 
         # Restore with the playbook operators use, into a new database.
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
-        t0 = time.monotonic()
-        r = subprocess.run(["ansible-playbook", "-i", str(self.args.inventory), str(REPO / "playbooks/restore.yml"),
-                            "-e", "postgresql_restore_database=bench_restore"], env=env, capture_output=True, text=True, cwd=REPO)
-        out["restore_playbook_s"] = round(time.monotonic() - t0, 1)
-        if r.returncode != 0:
-            raise RuntimeError(f"restore.yml failed: {r.stdout[-3000:]}")
+        out["restore_playbook_s"] = run_playbook(self.args.inventory, "playbooks/restore.yml",
+                                                 "-e", "postgresql_restore_database=bench_restore")[0]
         log(f"database: restore.yml {out['restore_playbook_s']} s")
         same = {}
         for table in ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"):
@@ -504,18 +516,9 @@ ts = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
         apps = ",".join(self.addr[h] for h in self.app_hosts)
         token = self.token()
         on(self.lb, f"cat > /tmp/writer.py <<'PY'\n{self.WRITER}\nPY")
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
 
         def playbook(name: str, *extra: str) -> float:
-            t = time.monotonic()
-            r = subprocess.run(["ansible-playbook", "-i", str(self.args.inventory), str(REPO / "playbooks" / name), *extra],
-                               env=env, capture_output=True, text=True, cwd=REPO)
-            LOGS.mkdir(parents=True, exist_ok=True)
-            saved = LOGS / f"{time.strftime('%H%M%S')}-{name.removesuffix('.yml')}.log"
-            saved.write_text(r.stdout + r.stderr)
-            if r.returncode != 0:
-                raise RuntimeError(f"{name} {extra} failed (whole output: {saved}): {r.stdout[-3000:]}")
-            return round(time.monotonic() - t, 1)
+            return run_playbook(self.args.inventory, f"playbooks/{name}", *extra)[0]
 
         def measure(prefix: str, act, new_primary: str) -> dict:
             # A writer left by an interrupted run would write into the new file: end it first (by its PID file).
@@ -660,16 +663,8 @@ print(json.dumps({"seconds": round(time.monotonic() - t0, 1), "transactions": le
             f"{', failed: ' + str({h: f['failed'] for h, f in floor.items() if f['failed']}) if any(f['failed'] for f in floor.values()) else ''}")
         out["boot_again_s"] = fresh()
         shutil.rmtree(REPO / ".cache/ansible-facts", ignore_errors=True)
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
-        t = time.monotonic()
-        r = subprocess.run(["ansible-playbook", "-i", str(self.args.inventory), str(REPO / "site.yml")],
-                           env=env, capture_output=True, text=True, cwd=REPO)
-        out["first_converge_s"] = round(time.monotonic() - t, 1)
-        LOGS.mkdir(parents=True, exist_ok=True)
-        (LOGS / f"{time.strftime('%H%M%S')}-first-converge.log").write_text(r.stdout + r.stderr)
-        if r.returncode != 0:
-            raise RuntimeError(f"site.yml on fresh hosts failed: {r.stdout[-3000:]}")
-        recap = r.stdout[r.stdout.rfind("TASKS RECAP"):].splitlines()[3:13]
+        out["first_converge_s"], stdout = run_playbook(self.args.inventory, "site.yml")
+        recap = stdout[stdout.rfind("TASKS RECAP"):].splitlines()[3:13]
         out["slowest_tasks"] = [re.sub(r"\s*-{3,}\s*", " ", x).strip() for x in recap if x.strip()]
         out["ratio_vs_floor"] = out["first_converge_s"] / out["floor_s"]
         log(f"converge: first converge {out['first_converge_s']} s = {out['ratio_vs_floor']:.2f}x the apt floor")
@@ -680,16 +675,10 @@ print(json.dumps({"seconds": round(time.monotonic() - t0, 1), "transactions": le
         """The idempotent re-run of site.yml on the converged lab, with the project's
         SSH/fact settings and without pipelining and the fact cache."""
         def run(extra_env: dict) -> dict:
-            env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), **extra_env)
-            t0 = time.monotonic()
-            r = subprocess.run(["ansible-playbook", "-i", str(INVENTORY), str(REPO / "site.yml")],
-                               env=env, capture_output=True, text=True, cwd=REPO)
-            secs = time.monotonic() - t0
+            secs, stdout = run_playbook(INVENTORY, "site.yml", env=extra_env)
             changed = sum(int(m) for m in re.findall(r"changed=(\d+)", "\n".join(
-                ln for ln in r.stdout.splitlines() if " ok=" in ln)))
-            if r.returncode != 0:
-                raise RuntimeError(f"site.yml failed: {r.stdout[-3000:]}")
-            return {"seconds": round(secs, 1), "changed": changed}
+                ln for ln in stdout.splitlines() if " ok=" in ln)))
+            return {"seconds": secs, "changed": changed}
         tuned = [run({}) for _ in range(self.args.deploy_runs)]
         for i, t in enumerate(tuned):
             log(f"deploy idempotent re-run {i + 1}: {t['seconds']} s, changed={t['changed']}")
@@ -1478,6 +1467,12 @@ def save(args: argparse.Namespace, results: dict, failed: dict, seconds: int) ->
     write(merged)
 
 
+def failed_lines(res: dict) -> str:
+    """The sections whose last run failed, as a Markdown list (and a blank line), or nothing."""
+    lines = "".join(f"- **{name}: failed** in the run of {f['when']}: {f['error']}\n" for name, f in res.get("failed", {}).items())
+    return lines + "\n" if lines else ""
+
+
 def write(res: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(res, indent=2) + "\n")
@@ -1487,8 +1482,7 @@ def write(res: dict) -> None:
           "ratios from the same run. Written by `make bench` (bench/bench.py); raw numbers in "
           "[results.json](results.json). Each run replaces only the sections it measured:\n\n" + where + "\n"
           + (f"{res['note']}\n\n" if res.get("note") else "")
-          + "".join(f"- **{name}: failed** in the run of {f['when']}: {f['error']}\n" for name, f in res.get("failed", {}).items())
-          + ("\n" if res.get("failed") else "") + markdown(res))
+          + failed_lines(res) + markdown(res))
     (OUT / "results.md").write_text(md)
     print(md)
     # The README shows the same table between these markers.
@@ -1496,9 +1490,8 @@ def write(res: dict) -> None:
     text = readme.read_text()
     start, end = "<!-- bench-results:start -->", "<!-- bench-results:end -->"
     if start in text and end in text:
-        failed = "".join(f"- **{name}: failed** in the run of {f['when']} ({f['error'][:200]})\n" for name, f in res.get("failed", {}).items())
         block = (f"{start}\n<!-- written by bench/bench.py from docs/bench/results.json; do not edit by hand -->\n"
-                 + (failed + "\n" if failed else "") + markdown(res) + f"\n{end}")
+                 + failed_lines(res) + markdown(res) + f"\n{end}")
         readme.write_text(text[:text.index(start)] + block + text[text.index(end) + len(end):])
 
 
