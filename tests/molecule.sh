@@ -37,6 +37,8 @@ rc=0
 for s in "${scenarios[@]}"; do
   project=$(dirname "$(dirname "$s")") name=$(basename "$s")
   echo "=== molecule ${extra[*]} -s $name in ${project#"$repo"/}"
-  (cd "$project" && molecule "${extra[0]}" -s "$name" "${extra[@]:1}") || rc=1
+  # pipefail: molecule's exit status, with a closing table of each step's time.
+  (cd "$project" && molecule "${extra[0]}" -s "$name" "${extra[@]:1}") 2>&1 \
+    | python3 -u "$repo/tests/molecule-phases.py" || rc=1
 done
 exit $rc
