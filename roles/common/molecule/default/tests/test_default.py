@@ -6,6 +6,24 @@ def test_base_packages(host):
         assert host.package(pkg).is_installed, pkg
 
 
+def test_a_successful_apt_update_is_recorded_for_cache_valid_time(host):
+    hook = host.file("/etc/apt/apt.conf.d/15ai-platform-update-stamp")
+    assert hook.user == "root" and hook.mode == 0o644
+    assert "update-success-stamp" in host.check_output("apt-config dump")
+    stamp = "/var/lib/apt/periodic/update-success-stamp"
+    # An update from an empty local repository into a scratch lists folder: no
+    # network, and the host's own lists are left as they are. It succeeds, so the
+    # hook must run. (With no source at all apt runs no hook.)
+    update = host.run(
+        f"rm -f {stamp}; d=$(mktemp -d); chmod 755 $d; mkdir -p $d/lists/partial $d/repo; : > $d/repo/Packages; "
+        'echo "deb [trusted=yes] file:$d/repo ./" > $d/src.list; '
+        "apt-get update -qq -o Dir::Etc::SourceList=$d/src.list -o Dir::Etc::SourceParts=$d/repo "
+        "-o Dir::State::Lists=$d/lists; rc=$?; rm -rf $d; exit $rc"
+    )
+    assert update.rc == 0, update.stderr
+    assert host.file(stamp).exists
+
+
 def test_time_zone(host):
     assert host.file("/etc/localtime").linked_to.endswith("/Europe/Berlin")
     assert host.check_output("timedatectl show -p Timezone --value") == "Europe/Berlin"
