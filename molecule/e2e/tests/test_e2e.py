@@ -175,8 +175,16 @@ def _current_release(name: str) -> str:
 def test_rolling_deploy_broken_release_rolled_back_then_rollback_playbook(client):
     good = _deploy(_source_copy("1.0.1"))
     assert good.returncode == 0, good.stdout[-3000:]
+    venv = "/opt/ai-platform/current/venv"
     for name in APP_HOSTS:
         assert "/releases/1.0.1-" in _current_release(name)
+        # The lock did not change: 1.0.1's venv started as a hard-linked copy of
+        # 1.0.0's (wheelhouse_seed_venv), and got its own app wheel, not 1.0.0's.
+        links = host(name).check_output(f"stat -c %h {venv}/lib/python3*/site-packages/fastapi/__init__.py")
+        assert int(links) >= 2, (name, links)
+        own = host(name).check_output(f"{venv}/bin/python -c 'import app; print(app.__version__)'")
+        assert own == "1.0.1", (name, own)
+        assert host(name).check_output(f"stat -c %h {venv}/lib/python3*/site-packages/app/__init__.py") == "1", name
     curl(client, "GET", "/health", expect=200)
 
     bad = _deploy(_source_copy("1.0.2", break_it=True))
