@@ -6,7 +6,8 @@ Every lab host shares this machine's cores, so absolute numbers say little:
 each benchmark reports the median of several runs and the ratios it was built
 for, measured in the same run.
 
-    bench/bench.py [--runs 3] [--seconds 10] [--only serving,ratelimits,failover,indexing,memory,deploy,database]
+    bench/bench.py [--runs 3] [--seconds 10] [--only converge,serving,ratelimits,failover,memory,deploy,release,indexing,database]
+    bench/bench.py --only release [--release-runs 1]
     bench/bench.py --only database [--inventory INVENTORY] [--scale 70]
     bench/bench.py --only indexing [--chunks 10000] [--chunks-large 100000]
 
@@ -25,6 +26,7 @@ import shlex
 import shutil
 import statistics
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -691,6 +693,31 @@ print(json.dumps({"seconds": round(time.monotonic() - t0, 1), "transactions": le
         self.results["deploy"] = {"idempotent_rerun_s": med, "idempotent_runs": tuned, "changed": max(t["changed"] for t in tuned),
                                   "without_tuning_s": plain["seconds"], "speedup_from_tuning": plain["seconds"] / med}
 
+    def release(self) -> None:
+        """A rolling deploy of new app code (playbooks/deploy.yml: one app host at a time,
+        build, install, migrate, switch, health gate) with the new release's venv installed
+        from the wheelhouse (wheelhouse_seed_venv off) and started as a hard-linked copy of
+        the running release's venv (the default, the lock being unchanged), alternately,
+        --release-runs times each, in one run. Each deploy's source is the app with one
+        comment line changed: a new release id, the same locked dependencies."""
+        runs: dict[str, list[float]] = {"fresh_venv": [], "seeded_venv": []}
+        tmp = Path(tempfile.mkdtemp(prefix="bench-release-"))
+        try:
+            for i in range(self.args.release_runs):
+                for label, extra in (("fresh_venv", ["-e", "wheelhouse_seed_venv="]), ("seeded_venv", [])):
+                    src = tmp / f"{label}-{i}"
+                    shutil.copytree(REPO / "app", src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+                    init = src / "app" / "__init__.py"
+                    init.write_text(init.read_text() + f"# bench release {time.time_ns()}\n")
+                    secs, _ = run_playbook(INVENTORY, "playbooks/deploy.yml", "-e", f"app_source_dir={src}", *extra)
+                    runs[label].append(secs)
+                    log(f"release: rolling deploy over {len(self.app_hosts)} app hosts, {label}: {secs} s")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        fresh, seeded = statistics.median(runs["fresh_venv"]), statistics.median(runs["seeded_venv"])
+        self.results["release"] = {"runs": runs, "fresh_venv_s": fresh, "seeded_venv_s": seeded, "speedup": fresh / seeded,
+                                   "app_hosts": len(self.app_hosts)}
+
     # --- indexing and search ------------------------------------------------------
     # On the client: documents made of this host's Python standard library sources (whole
     # files, sorted, tests left out), about `doc` bytes each, `total` bytes in all, uploaded
@@ -1333,6 +1360,11 @@ def markdown(res: dict) -> str:
             rows.append(("idempotent re-run vs first converge", "≤ 0.25×", f"{r:.2f}×" + (" (miss)" if r > 0.25 else "")))
         rows.append(("same without pipelining and fact cache (ControlPersist stays: `ufw limit` on 22 refuses new connections)", "slower (ratio)",
                      f"{d['without_tuning_s']:.0f} s = {d['speedup_from_tuning']:.2f}× the tuned run"))
+    rl = res.get("release")
+    if rl:
+        rows.append((f"rolling deploy of new app code (playbooks/deploy.yml, {rl['app_hosts']} app hosts): the new release's venv "
+                     "started as a hard-linked copy of the running one (lock unchanged) vs installed from the wheelhouse",
+                     "faster (ratio)", f"{rl['seeded_venv_s']:.0f} s vs {rl['fresh_venv_s']:.0f} s = {rl['speedup']:.2f}× faster"))
     m = res.get("memory")
     if m:
         rows.append(("memory per service after warm-up (host:unit PSS / RSS in MiB, summed over the unit's processes; PSS "
@@ -1414,7 +1446,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=10, help="length of each load run")
     ap.add_argument("--conns", type=int, default=32, help="wrk connections")
     ap.add_argument("--deploy-runs", type=int, default=2, help="idempotent site.yml re-runs (median reported)")
-    ap.add_argument("--only", default="converge,serving,ratelimits,failover,memory,deploy,indexing,database")
+    ap.add_argument("--release-runs", type=int, default=1, help="rolling deploys of new code per venv mode (median reported)")
+    ap.add_argument("--only", default="converge,serving,ratelimits,failover,memory,deploy,release,indexing,database")
     ap.add_argument("--inventory", type=Path, default=INVENTORY, help="inventory of the lab to measure (database: any with db_primary)")
     ap.add_argument("--scale", type=int, default=70, help="pgbench scale of the database benchmark (70: about 1 GB)")
     ap.add_argument("--chunks", type=int, default=10000, help="indexing: chunks through the Celery path (first search size)")
