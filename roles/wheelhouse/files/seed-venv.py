@@ -13,11 +13,11 @@ Python or architecture). Otherwise:
     a venv), except the files that name SEED's own path (scripts' #! lines,
     activate, pyvenv.cfg): those are copied with the path replaced, as
     virtualenv-clone does;
-  - the copy is made under a temporary name and renamed into place, so a run
-    that dies leaves no half venv at TARGET;
   - packages that other wheelhouses put into SEED (the previous release's own
-    wheel, say) are uninstalled from TARGET: what is left is exactly what this
-    wheelhouse's requirements name, plus pip and setuptools.
+    wheel, say) are uninstalled from the copy: what is left is exactly what
+    this wheelhouse's requirements name, plus pip and setuptools;
+  - all of it under a temporary name, renamed into place at the end, so a run
+    that dies leaves no half venv at TARGET.
 Then pip, run by the role as always, finds everything installed and only
 checks it.
 """
@@ -98,8 +98,9 @@ def main() -> None:
         for other in tmp.glob(".wheelhouse-*"):
             if other.name != marker.name:
                 other.unlink()
-        tmp.rename(target)
-        py = str(target / "bin" / "python")
+        # pip run from the copy's own python works on the copy (sys.prefix is where
+        # pyvenv.cfg is): the extra packages go before the rename, not after it.
+        py = str(tmp / "bin" / "python")
         listed = subprocess.run([py, "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
                                 check=True, capture_output=True, text=True,
                                 env=dict(os.environ, PIP_CONFIG_FILE="/dev/null")).stdout
@@ -108,6 +109,7 @@ def main() -> None:
         if extra:
             subprocess.run([py, "-m", "pip", "uninstall", "--yes", "--quiet", "--disable-pip-version-check", *extra],
                            check=True, env=dict(os.environ, PIP_CONFIG_FILE="/dev/null"))
+        tmp.rename(target)
         out.update(seeded=True, why=f"copied from {seed}", uninstalled=extra)
     print(json.dumps(out))
 
