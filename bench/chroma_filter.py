@@ -18,8 +18,8 @@ import time
 import chromadb
 import numpy as np
 
-where = tempfile.mkdtemp(prefix="chroma-filter-")
-c = chromadb.PersistentClient(path=where)
+folder = tempfile.mkdtemp(prefix="chroma-filter-")
+c = chromadb.PersistentClient(path=folder)
 col = c.create_collection("test", configuration={"hnsw": {"space": "cosine"}})
 rng = np.random.default_rng(0)
 N = 100_000
@@ -37,4 +37,4 @@ def bench(label, **kw):
 bench("no filter")
 bench("where project p1 (90%)", where={"project_id": "p1"})
 bench("where project p2 (10%)", where={"project_id": "p2"})
-shutil.rmtree(where)
+shutil.rmtree(folder)
