@@ -61,7 +61,9 @@ molecule_all() {  # prints its progress; one "name<TAB>seconds<TAB>result<TAB>wh
   done
   if [[ -n ${AIPL_SCENARIOS:-} ]]; then read -r -a scen <<<"$AIPL_SCENARIOS"; fi
   # Longest first, so that the slow multi-host scenarios do not end up last.
-  mapfile -t scen < <(printf '%s\n' "${scen[@]}" | awk '{print (($0 ~ /^e2e/) ? 0 : ($0 ~ /^database/) ? 1 : 2) " " $0}' | sort -s -k1,1n | cut -d' ' -f2)
+  # One ranking orders the scenarios and gives them the CPU: 0 e2e, 1 database, 2 the rest.
+  tier() { case $1 in e2e*) echo 0 ;; database*) echo 1 ;; *) echo 2 ;; esac; }
+  mapfile -t scen < <(for s in "${scen[@]}"; do echo "$(tier "$s") $s"; done | sort -s -k1,1n | cut -d' ' -f2)
   local jobs_max=${AIPL_MOLECULE_JOBS:-3}
   declare -A pid_of=() start_of=()
   # The machine is CPU-bound while scenarios run, and the suite ends when the
@@ -69,9 +71,9 @@ molecule_all() {  # prints its progress; one "name<TAB>seconds<TAB>result<TAB>wh
   # Ansible's nice level), the database scenario next, the short role scenarios
   # last. Without it, e2e's verify ran alone at the end with the CPUs 75 % idle.
   run_one() {
-    local prio=10 shares=256
-    case $1 in e2e) prio=0 shares=1024 ;; database) prio=5 shares=512 ;; esac
-    AIPL_LAB_CPU_SHARES=$shares nice -n "$prio" tests/molecule.sh "$1" >"$logs/molecule-${1//\//_}.log" 2>&1
+    local t nice_of=(0 5 10) shares_of=(1024 512 256)
+    t=$(tier "$1")
+    AIPL_LAB_CPU_SHARES=${shares_of[t]} nice -n "${nice_of[t]}" tests/molecule.sh "$1" >"$logs/molecule-${1//\//_}.log" 2>&1
   }
   finish() {  # finish NAME RC
     local t=${start_of[$1]} log="$logs/molecule-${1//\//_}.log" result=passed reason=""
