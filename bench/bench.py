@@ -26,8 +26,8 @@ import shlex
 import shutil
 import statistics
 import subprocess
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path

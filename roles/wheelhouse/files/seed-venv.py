@@ -100,15 +100,14 @@ def main() -> None:
                 other.unlink()
         # pip run from the copy's own python works on the copy (sys.prefix is where
         # pyvenv.cfg is): the extra packages go before the rename, not after it.
-        py = str(tmp / "bin" / "python")
+        py, env = str(tmp / "bin" / "python"), dict(os.environ, PIP_CONFIG_FILE="/dev/null")
         listed = subprocess.run([py, "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
-                                check=True, capture_output=True, text=True,
-                                env=dict(os.environ, PIP_CONFIG_FILE="/dev/null")).stdout
+                                check=True, capture_output=True, text=True, env=env).stdout
         keep = wanted_names(requirements) | KEEP
         extra = sorted(p["name"] for p in json.loads(listed) if canonical(p["name"]) not in keep)
         if extra:
             subprocess.run([py, "-m", "pip", "uninstall", "--yes", "--quiet", "--disable-pip-version-check", *extra],
-                           check=True, env=dict(os.environ, PIP_CONFIG_FILE="/dev/null"))
+                           check=True, env=env)
         tmp.rename(target)
         out.update(seeded=True, why=f"copied from {seed}", uninstalled=extra)
     print(json.dumps(out))
