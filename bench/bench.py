@@ -837,7 +837,8 @@ from app.config import get_settings
 from app.embeddings import Embedder, locate_model
 from app.vectorstore import VectorStore
 s = get_settings()
-col = VectorStore(s, timeout=600).collection()
+store = VectorStore(s, timeout=600)
+col = store.client().get_collection(store.collection_name(cfg["project"]), embedding_function=None)
 docs = []
 for d in cfg["documents"]:
     r = col.get(where={"document_id": d}, include=["documents", "metadatas"])
@@ -1290,12 +1291,14 @@ from app.config import get_settings
 from app.vectorstore import VectorStore
 cfg = json.load(open(sys.argv[1]))
 store = VectorStore(get_settings(), timeout=900)
-col = store.collection()
-left = len(col.get(where={"project_id": cfg["project"]}, include=[])["ids"])
-if left:
+name = store.collection_name(cfg["project"])
+def left():
+    names = {c.name for c in store.client().list_collections()}
+    return store.client().get_collection(name, embedding_function=None).count() if name in names else 0
+before = left()
+if before:
     store.delete_project(cfg["project"])
-after = len(col.get(where={"project_id": cfg["project"]}, include=[])["ids"])
-print("BENCH-RESULT " + json.dumps({"left_after_api_delete": left, "left": after, "collection_count": col.count()}))
+print("BENCH-RESULT " + json.dumps({"left_after_api_delete": before, "left": left(), "collections": len(store.projects())}))
 """
             out["cleanup"] = {"api_delete_status": code} | self._app_run(app, check, {"name": "cleanup", "project": project}, work)
             log(f"indexing: cleanup {out['cleanup']}")

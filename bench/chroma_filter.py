@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Why search slows down as a project grows: Chroma's metadata filter, not HNSW.
 
-The app keeps every project in one Chroma collection and searches with
-where={"project_id": ...}. This measures, in one run on one machine, the same
+Releases before 2026-12-01 kept every project in one Chroma collection and searched
+with where={"project_id": ...}; the app now keeps one collection per project
+(app/app/vectorstore.py). This measures, in one run on one machine, the same
 query over 100k random 384-dim vectors with no filter, with a filter matching
 90 % of them and one matching 10 %. Run with the app tests' Chroma venv:
     .cache/venv-chroma/bin/python bench/chroma_filter.py
 Measured here (2026-12-01, chromadb 1.5.9, 2 cores): no filter p50 2.0 ms;
 filter on 90 % p50 354.5 ms; filter on 10 % p50 59.4 ms. The lab's search at
-100k chunks (p50 465 ms) matches the 90 % case: the fix is one collection per
+100k chunks (p50 465 ms) matched the 90 % case: hence one collection per
 project (no filter), not HNSW tuning.
 """
 import shutil

@@ -124,6 +124,8 @@ if want lint; then
 fi
 if want app && [[ -x tests/run-app-tests.sh ]]; then
   stage app-tests "${fg[@]}" tests/run-app-tests.sh -q
+  # The app's Python style (app/pyproject.toml [tool.ruff]), with the test venv's ruff.
+  stage app-ruff .cache/venv-app/bin/ruff check app
 fi
 if want molecule; then
   echo; echo "################ molecule (waiting for the background run)"

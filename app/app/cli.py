@@ -2,6 +2,7 @@
 
 Every subcommand ends with one marker line that automation can match:
   migrate       ->  "migrate: changed (...)"        or "migrate: no change (...)"
+  migrate-vectors -> "migrate-vectors: changed (...)" or "migrate-vectors: no change (...)"
   create-admin  ->  "create-admin: created <email>" / "updated" / "no change"
   check-config  ->  "check-config: ok (...)"        or "check-config: FAILED" (exit 1)
 """
@@ -56,6 +57,25 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"migrate: changed ({len(applied)} revision(s) applied, now at {head})")
     else:
         print(f"migrate: no change (already at {head})")
+    return 0
+
+
+def cmd_migrate_vectors(args: argparse.Namespace) -> int:
+    from app.vectorstore import VectorStore
+
+    settings = _settings("migrate-vectors")
+    store = VectorStore(settings, timeout=600)
+    out = store.migrate_legacy(delete=args.delete)
+    if not out.found:
+        print(f"migrate-vectors: no change (no shared collection {settings.chroma_collection!r})")
+        return 0
+    print(f"shared collection {settings.chroma_collection!r}: {out.vectors} vectors, "
+          f"{out.copied} copied into {out.projects} project collection(s), "
+          f"{out.dropped} left for re-indexing" + (", dropped" if out.deleted else ""))
+    if out.copied or out.deleted:
+        print(f"migrate-vectors: changed ({out.copied} vectors copied)")
+    else:
+        print("migrate-vectors: no change (every vector is in its project's collection)")
     return 0
 
 
@@ -138,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="alembic upgrade head; prints applied revisions")
     p.add_argument("--sql", action="store_true", help="print the SQL instead (offline)")
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("migrate-vectors",
+                       help="copy the shared Chroma collection of earlier releases into one "
+                            "collection per project (idempotent)")
+    p.add_argument("--delete", action="store_true",
+                   help="drop the shared collection afterwards (reconcile does this once "
+                        "every host runs this release)")
+    p.set_defaults(func=cmd_migrate_vectors)
 
     p = sub.add_parser("create-admin", help="create or update an admin account (idempotent)")
     p.add_argument("--email", required=True)

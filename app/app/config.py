@@ -94,7 +94,12 @@ class Settings(BaseSettings):
     chroma_url: str = "http://127.0.0.1:8000"
     chroma_token: SecretStr | None = None
     chroma_auth_header: str = "Authorization"  # "Authorization" -> "Bearer <token>"
-    chroma_collection: str = "ai_platform_chunks"
+    # Prefix of the collection names: each project's vectors live in their own collection,
+    # "<prefix>_<project id as 32 hex digits>" (at most 63 characters, Chroma's old limit).
+    # A collection named exactly "<prefix>" is the one shared by all projects in earlier
+    # releases; `app migrate-vectors` (run by every deploy) and reconcile move it out.
+    chroma_collection: str = Field(default="ai_platform_chunks",
+                                   pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{1,28}[A-Za-z0-9]$")
 
     health_timeout_seconds: float = Field(default=2.0, gt=0)
 

@@ -19,7 +19,7 @@ from app.config import Settings
 from app.db import Database
 from app.embeddings import Embedder
 from app.log import get_logger
-from app.models import Document, DocumentContent, DocumentStatus
+from app.models import Document, DocumentContent, DocumentStatus, Project
 from app.textproc import ExtractionError, chunk_text, extract
 from app.vectorstore import VectorStore, VectorStoreUnavailable
 
@@ -65,8 +65,7 @@ def _index_locked(
 ) -> str:
     with db.session() as s:
         doc = s.get(Document, document_id, with_for_update=True)
-        if doc is None:
-            store.delete_document(str(document_id))
+        if doc is None:  # deleted: its vectors went with it (or go at the next reconcile)
             return "missing"
         if doc.status == DocumentStatus.ready:
             return "already-ready"
@@ -94,7 +93,7 @@ def _index_locked(
     with db.session() as s:
         doc = s.get(Document, document_id, with_for_update=True)
         if doc is None:  # deleted while we worked: leave no vectors behind
-            store.delete_document(str(document_id))
+            store.delete_document(project_id, str(document_id))
             return "deleted-meanwhile"
         doc.status = DocumentStatus.ready
         doc.chunk_count = len(chunks)
@@ -122,7 +121,7 @@ def purge_documents(db: Database, store: VectorStore, settings: Settings) -> Pur
     stuck_before = now - timedelta(hours=settings.stuck_upload_retention_hours)
     failed_before = now - timedelta(hours=settings.failed_upload_retention_hours)
     with db.session() as s:
-        ids = list(s.scalars(
+        rows = list(s.execute(
             delete(Document)
             .where(
                 ((Document.status == DocumentStatus.failed)
@@ -130,16 +129,16 @@ def purge_documents(db: Database, store: VectorStore, settings: Settings) -> Pur
                 | (Document.status.in_([DocumentStatus.pending, DocumentStatus.indexing])
                    & (Document.updated_at < stuck_before))
             )
-            .returning(Document.id)
+            .returning(Document.id, Document.project_id)
         ))
-    result = PurgeResult([str(i) for i in ids])
-    for doc_id in result.deleted:
+    result = PurgeResult([str(r.id) for r in rows])
+    for r in rows:
         try:
-            store.delete_document(doc_id)
+            store.delete_document(str(r.project_id), str(r.id))
         except VectorStoreUnavailable:
             break  # the next reconcile run removes the orphans
-    if ids:
-        log.info("documents_purged", count=len(ids))
+    if rows:
+        log.info("documents_purged", count=len(rows))
     return result
 
 
@@ -147,25 +146,39 @@ def purge_documents(db: Database, store: VectorStore, settings: Settings) -> Pur
 class ReconcileResult:
     reindexed: list[str] = field(default_factory=list)
     orphan_vectors_deleted: int = 0
+    orphan_collections_deleted: int = 0
+    legacy_vectors_moved: int = 0
 
 
 def reconcile(db: Database, store: VectorStore, settings: Settings) -> ReconcileResult:
     """Bring ChromaDB in line with PostgreSQL.
 
+    * the shared collection of an earlier release, if any, is moved into the projects'
+      collections first (``VectorStore.migrate_legacy``);
     * ready documents whose vectors are missing (count differs) go back to pending;
-    * vectors of documents that no longer exist are deleted.
+    * vectors of documents that no longer exist are deleted, and so are the collections
+      of projects that no longer exist.
     The caller enqueues ``reindexed``. Lost indexing runs are requeue_stuck's job.
     """
     result = ReconcileResult()
-    # Vectors first, documents second: a vector is only written after its row committed,
-    # so a vector whose document is absent from the later read is a true orphan.
+    moved = store.migrate_legacy(delete=True)
+    result.legacy_vectors_moved = moved.copied
+    if moved.found:
+        log.info("legacy_vectors_moved", vectors=moved.vectors, copied=moved.copied,
+                 dropped=moved.dropped, projects=moved.projects)
+    # Vectors first, documents second: a vector is only written after its row committed
+    # (and a collection after its project's row), so a vector whose document is absent
+    # from the later read is a true orphan.
     counts: dict[str, int] = {}
-    orphan_candidates: dict[str, list[str]] = {}
-    for vid, doc_id in store.iter_ids_by_document():
-        counts[doc_id] = counts.get(doc_id, 0) + 1
-        orphan_candidates.setdefault(doc_id, []).append(vid)
+    orphan_candidates: dict[tuple[str, str], list[str]] = {}
+    projects = store.projects()
+    for project in projects:
+        for vid, doc_id in store.iter_ids_by_document(project):
+            counts[doc_id] = counts.get(doc_id, 0) + 1
+            orphan_candidates.setdefault((project, doc_id), []).append(vid)
 
     with db.session() as s:
+        known_projects = {str(p) for p in s.scalars(select(Project.id))}
         rows = s.execute(select(Document.id, Document.status, Document.chunk_count)).all()
         known = {str(r.id) for r in rows}
         for r in rows:
@@ -176,12 +189,22 @@ def reconcile(db: Database, store: VectorStore, settings: Settings) -> Reconcile
                                   error="vectors missing; re-indexing"))
                 result.reindexed.append(doc_id)
 
-    orphans = [vid for doc_id, vids in orphan_candidates.items() if doc_id not in known
-               for vid in vids]
-    if orphans:
-        store.delete_ids(orphans)
-    result.orphan_vectors_deleted = len(orphans)
-    log.info("reconciled", reindexed=len(result.reindexed), orphan_vectors_deleted=len(orphans))
+    for project in projects:
+        if project not in known_projects:
+            store.delete_project(project)
+            result.orphan_collections_deleted += 1
+            result.orphan_vectors_deleted += sum(
+                len(v) for (p, _), v in orphan_candidates.items() if p == project)
+    orphans: dict[str, list[str]] = {}
+    for (project, doc_id), vids in orphan_candidates.items():
+        if doc_id not in known and project in known_projects:
+            orphans.setdefault(project, []).extend(vids)
+    for project, vids in orphans.items():
+        store.delete_ids(project, vids)
+        result.orphan_vectors_deleted += len(vids)
+    log.info("reconciled", reindexed=len(result.reindexed),
+             orphan_vectors_deleted=result.orphan_vectors_deleted,
+             orphan_collections_deleted=result.orphan_collections_deleted)
     return result
 
 

@@ -156,6 +156,8 @@ def reconcile_vectors() -> dict[str, int]:
     return {
         "reindexed": len(result.reindexed),
         "orphan_vectors_deleted": result.orphan_vectors_deleted,
+        "orphan_collections_deleted": result.orphan_collections_deleted,
+        "legacy_vectors_moved": result.legacy_vectors_moved,
     }
 
 

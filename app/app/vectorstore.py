@@ -1,14 +1,26 @@
-"""ChromaDB (client/server mode) holding one vector per chunk.
+"""ChromaDB (client/server mode) holding one vector per chunk, one collection per project.
 
-One collection for all projects; every vector carries ``project_id`` and ``document_id``
-metadata so searches filter by project and deletes by document. Embeddings are always
-passed in explicitly: the collection has no embedding function, so Chroma's default
-embedder (which would try to download a model) is never used.
+A project's vectors live in the collection ``<CHROMA_COLLECTION>_<project id hex>``, so a
+search is a plain nearest-neighbour query with no metadata filter (a ``where`` filter on
+one shared collection cost 350 ms per query at 100k vectors; see bench/chroma_filter.py),
+and deleting a project drops its collection. Every vector still carries ``project_id`` and
+``document_id`` metadata: deletes go by document, and reconcile counts by it. Embeddings
+are always passed in explicitly: the collections have no embedding function, so Chroma's
+default embedder (which would try to download a model) is never used.
+
+Earlier releases kept every project in one collection named exactly ``CHROMA_COLLECTION``.
+``migrate_legacy`` moves its vectors (embeddings included, nothing is re-embedded) into the
+projects' collections: ``copy`` during a deploy (the old release, still serving on the other
+hosts, keeps reading it), ``move`` from reconcile once the new release runs (it also picks
+up what old workers wrote meanwhile, then drops the shared collection).
 """
 
 from __future__ import annotations
 
+import re
 import threading
+import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +31,7 @@ from app.config import Settings
 
 UPSERT_BATCH = 256
 _PAGE = 1000
+_HANDLES = 512  # collection handles kept per process (least recently used dropped)
 
 
 class VectorStoreUnavailable(RuntimeError):
@@ -35,27 +48,51 @@ class Hit:
     page: int | None
 
 
+@dataclass
+class LegacyMigration:
+    found: bool = False  # a shared collection of an earlier release exists
+    vectors: int = 0  # vectors it held when read
+    copied: int = 0  # upserted into a project's collection (absent there before)
+    dropped: int = 0  # without a usable project_id, or of another embedding model
+    projects: int = 0
+    deleted: bool = False  # the shared collection was dropped afterwards
+
+
+def _is_not_found(exc: Exception) -> bool:
+    return type(exc).__name__ == "NotFoundError" or "does not exist" in str(exc)
+
+
 class VectorStore:
     def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
         self.settings = settings
         self.timeout = timeout
-        self._collection: Any = None
+        self.prefix = settings.chroma_collection
+        self._name_re = re.compile(re.escape(self.prefix) + r"_([0-9a-f]{32})")
+        self._client: Any = None
+        self._handles: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
+    # Names -----------------------------------------------------------------
+    def collection_name(self, project_id: str) -> str:
+        return f"{self.prefix}_{uuid.UUID(str(project_id)).hex}"
+
+    def project_of(self, name: str) -> str | None:
+        """The project id of one of our collection names, else None."""
+        m = self._name_re.fullmatch(name)
+        return str(uuid.UUID(m.group(1))) if m else None
+
     # Connection ------------------------------------------------------------
-    def collection(self) -> Any:
-        if self._collection is None:
+    def client(self) -> Any:
+        if self._client is None:
             with self._lock:
-                if self._collection is None:
-                    self._collection = self._connect()
-        return self._collection
+                if self._client is None:
+                    self._client = self._connect()
+        return self._client
 
     def _connect(self) -> Any:
         import chromadb
         import httpx
         from chromadb.config import Settings as ChromaSettings
-
-        from app.embeddings import DIMENSION, MODEL_ID
 
         host, port, ssl = self.settings.chroma_host_port_ssl
         try:
@@ -63,30 +100,87 @@ class VectorStore:
                 host=host, port=port, ssl=ssl, headers=self.settings.chroma_headers,
                 settings=ChromaSettings(anonymized_telemetry=False),
             )
-            session = getattr(getattr(client, "_server", None), "_session", None)
-            if isinstance(session, httpx.Client):  # the client ships with no timeout at all
-                session.timeout = httpx.Timeout(self.timeout, connect=5.0)
-            return client.get_or_create_collection(
-                name=self.settings.chroma_collection,
-                configuration={"hnsw": {"space": "cosine"}},
-                metadata={"embedding_model": MODEL_ID, "dimension": DIMENSION},
-                embedding_function=None,
-            )
         except Exception as exc:
             raise VectorStoreUnavailable(
                 f"ChromaDB unavailable: {type(exc).__name__}: {str(exc)[:200]}"
             ) from exc
+        session = getattr(getattr(client, "_server", None), "_session", None)
+        if isinstance(session, httpx.Client):  # the client ships with no timeout at all
+            session.timeout = httpx.Timeout(self.timeout, connect=5.0)
+        return client
 
-    def _call(self, fn: str, **kwargs: Any) -> Any:
+    def _unavailable(self, what: str, exc: Exception) -> VectorStoreUnavailable:
+        return VectorStoreUnavailable(
+            f"ChromaDB {what} failed: {type(exc).__name__}: {str(exc)[:200]}")
+
+    def _client_call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
         try:
-            return getattr(self.collection(), fn)(**kwargs)
+            return getattr(self.client(), fn)(*args, **kwargs)
         except VectorStoreUnavailable:
             raise
         except Exception as exc:
-            # A dead connection or a recreated collection: reconnect next time.
-            self._collection = None
-            raise VectorStoreUnavailable(f"ChromaDB {fn} failed: {type(exc).__name__}: "
-                                         f"{str(exc)[:200]}") from exc
+            if _is_not_found(exc):
+                raise
+            self._client = None  # a dead connection: reconnect next time
+            raise self._unavailable(fn, exc) from exc
+
+    def _handle(self, name: str, create: bool, metadata: dict[str, Any] | None = None) -> Any:
+        """The collection handle, cached; None when it does not exist and not ``create``."""
+        with self._lock:
+            col = self._handles.get(name)
+            if col is not None:
+                self._handles.move_to_end(name)
+                return col
+        from app.embeddings import DIMENSION, MODEL_ID
+
+        try:
+            if create:
+                col = self._client_call(
+                    "get_or_create_collection", name=name,
+                    configuration={"hnsw": {"space": "cosine"}},
+                    metadata={"embedding_model": MODEL_ID, "dimension": DIMENSION}
+                    | (metadata or {}),
+                    embedding_function=None,
+                )
+            else:
+                col = self._client_call("get_collection", name=name, embedding_function=None)
+        except VectorStoreUnavailable:
+            raise
+        except Exception as exc:
+            if not create and _is_not_found(exc):
+                return None
+            raise self._unavailable("get_collection", exc) from exc
+        with self._lock:
+            self._handles[name] = col
+            while len(self._handles) > _HANDLES:
+                self._handles.popitem(last=False)
+        return col
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            self._handles.pop(name, None)
+
+    def _on(self, project_id: str, fn: str, create: bool, **kwargs: Any) -> Any:
+        """``fn`` on the project's collection. A cached handle can be stale (the collection
+        was dropped and made again, e.g. Chroma restored from a backup): on failure the
+        handle is forgotten and the call tried once more with a fresh one. Returns None
+        when the collection does not exist and ``create`` is false."""
+        name = self.collection_name(project_id)
+        meta = {"project_id": str(project_id)}
+        for attempt in (1, 2):
+            col = self._handle(name, create, meta)
+            if col is None:
+                return None
+            try:
+                return getattr(col, fn)(**kwargs)
+            except Exception as exc:
+                self._forget(name)
+                if _is_not_found(exc) and attempt == 1:
+                    continue  # a stale handle: once more with a fresh one
+                if _is_not_found(exc) and not create:
+                    return None
+                raise self._unavailable(fn, exc) from exc
+        return None
 
     # Writes ----------------------------------------------------------------
     def replace_document(
@@ -94,7 +188,7 @@ class VectorStore:
         embeddings: np.ndarray, extra: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         """Make the document's vectors exactly these chunks (ids are deterministic)."""
-        self.delete_document(document_id)
+        self.delete_document(project_id, document_id)
         for start in range(0, len(texts), UPSERT_BATCH):
             stop = min(start + UPSERT_BATCH, len(texts))
             metas = []
@@ -104,34 +198,60 @@ class VectorStore:
                 if extra:
                     meta.update({k: v for k, v in extra[i].items() if v is not None})
                 metas.append(meta)
-            self._call(
-                "upsert",
+            self._on(
+                project_id, "upsert", create=True,
                 ids=[f"{document_id}:{i}" for i in range(start, stop)],
                 embeddings=embeddings[start:stop].tolist(),
                 documents=list(texts[start:stop]),
                 metadatas=metas,
             )
 
-    def delete_document(self, document_id: str) -> None:
-        self._call("delete", where={"document_id": document_id})
+    def delete_document(self, project_id: str, document_id: str) -> None:
+        self._on(project_id, "delete", create=False, where={"document_id": document_id})
 
     def delete_project(self, project_id: str) -> None:
-        self._call("delete", where={"project_id": project_id})
+        name = self.collection_name(project_id)
+        self._forget(name)
+        try:
+            self._client_call("delete_collection", name=name)
+        except VectorStoreUnavailable:
+            raise
+        except Exception as exc:
+            if not _is_not_found(exc):
+                raise self._unavailable("delete_collection", exc) from exc
 
-    def delete_ids(self, ids: Sequence[str]) -> None:
+    def delete_ids(self, project_id: str, ids: Sequence[str]) -> None:
         for start in range(0, len(ids), _PAGE):
-            self._call("delete", ids=list(ids[start : start + _PAGE]))
+            self._on(project_id, "delete", create=False, ids=list(ids[start : start + _PAGE]))
 
     # Reads -----------------------------------------------------------------
-    def count_document(self, document_id: str) -> int:
-        res = self._call("get", where={"document_id": document_id}, include=[])
-        return len(res["ids"])
+    def count_document(self, project_id: str, document_id: str) -> int:
+        res = self._on(project_id, "get", create=False, where={"document_id": document_id},
+                       include=[])
+        return len(res["ids"]) if res else 0
 
-    def iter_ids_by_document(self) -> Iterator[tuple[str, str]]:
-        """(vector id, document_id) for every vector, page by page."""
+    def projects(self) -> list[str]:
+        """The project ids that have a collection of ours."""
+        found: list[str] = []
         offset = 0
         while True:
-            res = self._call("get", include=["metadatas"], limit=_PAGE, offset=offset)
+            page = self._client_call("list_collections", limit=100, offset=offset)
+            for col in page:
+                project = self.project_of(getattr(col, "name", str(col)))
+                if project:
+                    found.append(project)
+            if len(page) < 100:
+                return found
+            offset += len(page)
+
+    def iter_ids_by_document(self, project_id: str) -> Iterator[tuple[str, str]]:
+        """(vector id, document_id) for every vector of the project, page by page."""
+        offset = 0
+        while True:
+            res = self._on(project_id, "get", create=False, include=["metadatas"],
+                           limit=_PAGE, offset=offset)
+            if not res:
+                return
             ids = res["ids"]
             for vid, meta in zip(ids, res["metadatas"] or [], strict=False):
                 yield vid, str((meta or {}).get("document_id", ""))
@@ -140,13 +260,14 @@ class VectorStore:
             offset += len(ids)
 
     def search(self, project_id: str, query: np.ndarray, top_k: int) -> list[Hit]:
-        res = self._call(
-            "query",
+        res = self._on(
+            project_id, "query", create=False,
             query_embeddings=[query.tolist()],
             n_results=top_k,
-            where={"project_id": project_id},
             include=["documents", "metadatas", "distances"],
         )
+        if not res:  # the project has no collection yet: nothing indexed
+            return []
         hits = []
         for vid, text, meta, dist in zip(
             res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0],
@@ -162,6 +283,75 @@ class VectorStore:
                 page=int(meta["page"]) if "page" in meta else None,
             ))
         return hits
+
+    # The shared collection of earlier releases --------------------------------
+    def migrate_legacy(self, *, delete: bool) -> LegacyMigration:
+        """Copy the vectors of the shared collection into the projects' collections.
+
+        Only ids absent from the target are upserted, so a repeated run copies nothing and
+        reports so. With ``delete`` the shared collection is dropped afterwards; a vector an
+        old worker wrote between the read and the drop is lost, and reconcile (whose count
+        check follows) re-indexes that document. Vectors of another embedding model are
+        not copied: their documents get re-indexed the same way.
+        """
+        from app.embeddings import MODEL_ID
+
+        out = LegacyMigration()
+        try:
+            legacy = self._client_call("get_collection", name=self.prefix,
+                                       embedding_function=None)
+        except VectorStoreUnavailable:
+            raise
+        except Exception as exc:
+            if _is_not_found(exc):
+                return out
+            raise self._unavailable("get_collection", exc) from exc
+        out.found = True
+        same_model = (legacy.metadata or {}).get("embedding_model") == MODEL_ID
+        projects: set[str] = set()
+        offset = 0
+        try:
+            while True:
+                res = legacy.get(limit=_PAGE, offset=offset,
+                                 include=["embeddings", "documents", "metadatas"])
+                ids = res["ids"]
+                out.vectors += len(ids)
+                by_project: dict[str, list[int]] = {}
+                for i, meta in enumerate(res["metadatas"] or []):
+                    try:
+                        project = str(uuid.UUID(str((meta or {}).get("project_id"))))
+                    except ValueError:
+                        project = ""
+                    if not project or not same_model:
+                        out.dropped += 1
+                        continue
+                    by_project.setdefault(project, []).append(i)
+                for project, rows in by_project.items():
+                    projects.add(project)
+                    present = self._on(project, "get", create=True,
+                                       ids=[ids[i] for i in rows], include=[])
+                    have = set(present["ids"]) if present else set()
+                    rows = [i for i in rows if ids[i] not in have]
+                    if not rows:
+                        continue
+                    self._on(project, "upsert", create=True,
+                             ids=[ids[i] for i in rows],
+                             embeddings=[list(map(float, res["embeddings"][i])) for i in rows],
+                             documents=[res["documents"][i] or "" for i in rows],
+                             metadatas=[res["metadatas"][i] for i in rows])
+                    out.copied += len(rows)
+                if len(ids) < _PAGE:
+                    break
+                offset += len(ids)
+            if delete:
+                self._client_call("delete_collection", name=self.prefix)
+                out.deleted = True
+        except VectorStoreUnavailable:
+            raise
+        except Exception as exc:
+            raise self._unavailable("legacy migration", exc) from exc
+        out.projects = len(projects)
+        return out
 
 
 _stores: dict[int, VectorStore] = {}

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import numpy as np
 import pytest
 from celery import Celery
 from helpers import Worker, make_pdf, upload, wait_for_status
@@ -45,10 +46,10 @@ PDF_LINES = [["Photosynthesis happens in the chloroplasts of plant cells.",
              ["Plants release oxygen as a by-product of splitting water."]]
 
 
-def _vector_count(settings: Any, document_id: str) -> int:
+def _vector_count(settings: Any, doc: dict[str, Any]) -> int:
     from app.vectorstore import VectorStore
 
-    return VectorStore(settings).count_document(document_id)
+    return VectorStore(settings).count_document(str(doc["project_id"]), doc["id"])
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def make_user_module(client: Any) -> Any:
 
 def test_documents_are_indexed_into_chroma(corpus: dict[str, Any], settings: Any) -> None:
     for d in corpus["docs"].values():
-        assert _vector_count(settings, d["id"]) == d["chunk_count"]
+        assert _vector_count(settings, d) == d["chunk_count"]
 
 
 @pytest.mark.parametrize(
@@ -244,11 +245,11 @@ def test_delete_document_removes_vectors(client: Any, worker: Any, user: dict[st
     doc = upload(client, user, project["id"], "volcano.txt",
                  b"Volcanoes erupt when magma reaches the surface of the Earth.").json()
     doc = wait_for_status(client, user, project["id"], doc["id"], {"ready", "failed"})
-    assert doc["status"] == "ready" and _vector_count(settings, doc["id"]) >= 1
+    assert doc["status"] == "ready" and _vector_count(settings, doc) >= 1
     url = f"/api/v1/projects/{project['id']}"
     assert client.delete(f"{url}/documents/{doc['id']}", headers=user["headers"]).status_code \
         == 204
-    assert _vector_count(settings, doc["id"]) == 0
+    assert _vector_count(settings, doc) == 0
     r = client.post(f"{url}/search", json={"query": "volcano magma"}, headers=user["headers"])
     assert r.json()["results"] == []
 
@@ -260,7 +261,7 @@ def test_delete_project_removes_vectors(client: Any, worker: Any, user: dict[str
     wait_for_status(client, user, p["id"], doc["id"], {"ready"})
     assert client.delete(f"/api/v1/projects/{p['id']}", headers=user["headers"]).status_code \
         == 204
-    assert _vector_count(settings, doc["id"]) == 0
+    assert _vector_count(settings, doc) == 0
 
 
 def _big_text(n_paragraphs: int) -> bytes:
@@ -337,8 +338,6 @@ def test_retries_with_backoff_then_fails(client: Any, settings: Any, user: dict[
 def test_reconcile_restores_missing_and_drops_orphan_vectors(
     client: Any, worker: Any, user: dict[str, Any], project: dict[str, Any], settings: Any,
 ) -> None:
-    import numpy as np
-
     from app.tasks import reconcile_vectors
     from app.vectorstore import VectorStore
 
@@ -346,17 +345,124 @@ def test_reconcile_restores_missing_and_drops_orphan_vectors(
                  b"Coral reefs bleach when the ocean gets too warm.").json()
     doc = wait_for_status(client, user, project["id"], doc["id"], {"ready"})
     store = VectorStore(settings)
-    store.delete_document(doc["id"])  # vectors lost (e.g. Chroma restored from old backup)
+    # Vectors lost (e.g. Chroma restored from an old backup):
+    store.delete_document(project["id"], doc["id"])
     orphan_doc = str(uuid.uuid4())
     store.replace_document(project["id"], orphan_doc, ["orphan chunk"],
                            np.ones((1, 384), dtype=np.float32) / np.sqrt(384))
-    assert store.count_document(orphan_doc) == 1
+    assert store.count_document(project["id"], orphan_doc) == 1
 
     result = reconcile_vectors.delay().get(timeout=60)
     assert result["reindexed"] >= 1 and result["orphan_vectors_deleted"] >= 1
-    assert store.count_document(orphan_doc) == 0
+    assert store.count_document(project["id"], orphan_doc) == 0
     done = wait_for_status(client, user, project["id"], doc["id"], {"ready"}, timeout=60)
-    assert store.count_document(doc["id"]) == done["chunk_count"] >= 1
+    assert store.count_document(project["id"], doc["id"]) == done["chunk_count"] >= 1
+
+
+def test_each_project_has_its_own_collection(
+    client: Any, worker: Any, user: dict[str, Any], settings: Any,
+) -> None:
+    """Searches need no metadata filter: a project's vectors are alone in its collection,
+    created by its first indexed document and dropped with the project."""
+    from app.vectorstore import VectorStore
+
+    store = VectorStore(settings)
+    made = []
+    for name, body in (("a", b"Tidal forces raise bulges in the oceans of the Earth."),
+                       ("b", b"Tidal forces raise bulges in the oceans, said project b.")):
+        p = client.post("/api/v1/projects", json={"name": f"own-{name}"},
+                        headers=user["headers"]).json()
+        doc = upload(client, user, p["id"], f"{name}.txt", body).json()
+        made.append((p, wait_for_status(client, user, p["id"], doc["id"], {"ready"})))
+    names = {c.name for c in store.client().list_collections()}
+    for p, doc in made:
+        assert store.collection_name(p["id"]) in names
+        assert store.project_of(store.collection_name(p["id"])) == p["id"]
+        r = client.post(f"/api/v1/projects/{p['id']}/search",
+                        json={"query": "tides", "top_k": 10}, headers=user["headers"])
+        assert [x["document_id"] for x in r.json()["results"]] == [doc["id"]]
+    assert client.delete(f"/api/v1/projects/{made[0][0]['id']}",
+                         headers=user["headers"]).status_code == 204
+    names = {c.name for c in store.client().list_collections()}
+    assert store.collection_name(made[0][0]["id"]) not in names
+    assert store.collection_name(made[1][0]["id"]) in names
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from app.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(list(argv))
+    return rc, buf.getvalue()
+
+
+def test_shared_collection_of_earlier_release_is_migrated(
+    client: Any, worker: Any, user: dict[str, Any], project: dict[str, Any], settings: Any,
+) -> None:
+    """The upgrade path: vectors in the one shared collection of earlier releases are
+    copied (not re-embedded) by `migrate-vectors`, idempotently, and reconcile drops the
+    shared collection, along with the vectors of projects that no longer exist."""
+    from app.embeddings import DIMENSION, MODEL_ID
+    from app.tasks import reconcile_vectors
+    from app.vectorstore import VectorStore
+
+    doc = upload(client, user, project["id"], "comet.txt",
+                 b"A comet's tail always points away from the Sun.").json()
+    doc = wait_for_status(client, user, project["id"], doc["id"], {"ready"})
+    store = VectorStore(settings)
+    chroma = store.client()
+    own = chroma.get_collection(store.collection_name(project["id"]), embedding_function=None)
+    before = own.get(include=["embeddings", "documents", "metadatas"])
+    assert len(before["ids"]) == doc["chunk_count"] >= 1
+    # The earlier release's layout: one collection, filtered by project_id metadata.
+    legacy = chroma.create_collection(
+        settings.chroma_collection, configuration={"hnsw": {"space": "cosine"}},
+        metadata={"embedding_model": MODEL_ID, "dimension": DIMENSION},
+        embedding_function=None)
+    gone_project = str(uuid.uuid4())
+    legacy.add(ids=[*before["ids"], f"{uuid.uuid4()}:0"],
+               embeddings=[*before["embeddings"], before["embeddings"][0]],
+               documents=[*before["documents"], "a chunk of a deleted project"],
+               metadatas=[*before["metadatas"],
+                          {"project_id": gone_project, "document_id": str(uuid.uuid4()),
+                           "chunk_index": 0}])
+    store.delete_project(project["id"])
+    url = f"/api/v1/projects/{project['id']}/search"
+    r = client.post(url, json={"query": "comet tail"}, headers=user["headers"])
+    assert r.status_code == 200 and r.json()["results"] == []
+
+    rc, out = _cli("migrate-vectors")
+    assert rc == 0 and f"migrate-vectors: changed ({len(before['ids']) + 1} vectors" in out, out
+    rc, out = _cli("migrate-vectors")
+    assert rc == 0 and "migrate-vectors: no change" in out, out
+    assert settings.chroma_collection in {c.name for c in chroma.list_collections()}
+
+    after = chroma.get_collection(store.collection_name(project["id"]),
+                                  embedding_function=None).get(
+        ids=before["ids"], include=["embeddings", "documents", "metadatas"])
+    assert sorted(after["ids"]) == sorted(before["ids"])
+    got = dict(zip(after["ids"], after["embeddings"], strict=True))
+    for vid, emb in zip(before["ids"], before["embeddings"], strict=True):
+        assert np.allclose(got[vid], emb)
+    hits = client.post(url, json={"query": "comet tail"}, headers=user["headers"]).json()
+    assert hits["results"][0]["document_id"] == doc["id"]
+
+    result = reconcile_vectors.delay().get(timeout=60)
+    assert result["legacy_vectors_moved"] == 0  # migrate-vectors copied them all
+    assert result["orphan_collections_deleted"] >= 1  # the deleted project's
+    names = {c.name for c in chroma.list_collections()}
+    assert settings.chroma_collection not in names
+    assert store.collection_name(gone_project) not in names
+    assert store.count_document(project["id"], doc["id"]) == doc["chunk_count"]
+    done = client.get(f"/api/v1/projects/{project['id']}/documents/{doc['id']}",
+                      headers=user["headers"]).json()
+    assert done["status"] == "ready"
+    rc, out = _cli("migrate-vectors")
+    assert "migrate-vectors: no change (no shared collection" in out, out
 
 
 def test_requeue_stuck_queues_a_lost_pending_upload(

@@ -60,7 +60,8 @@ def test_inputs_postgresql_cannot_take_are_422_not_500(client: Any, user: dict[s
         assert client.post("/api/v1/projects", json=body, headers=h).status_code == 422, body
     url = f"/api/v1/projects/{project['id']}"
     assert client.patch(url, json={"description": "\u0000"}, headers=h).status_code == 422
-    provider = {"name": "p\u0000", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key": "k"}
+    provider = {"name": "p\u0000", "base_url": "http://127.0.0.1:9/v1", "model": "m",
+                "api_key": "k"}
     assert client.post("/api/v1/providers", json=provider, headers=h).status_code == 422
     for key in ("k\u00d7y", "two words"):  # an HTTP header cannot carry them
         provider = {"name": "p", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key": key}
@@ -114,7 +115,8 @@ def test_a_failed_commit_is_never_answered_201(app: Any, client: Any, user: dict
     A deferred constraint trigger makes PostgreSQL refuse one name at COMMIT only
     (the INSERT itself succeeds), as a primary shutting down mid-request would."""
     h = user["headers"]
-    with psycopg.connect(os.environ["DATABASE_URL"].replace("+psycopg", ""), autocommit=True) as conn:
+    url = os.environ["DATABASE_URL"].replace("+psycopg", "")
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("""
             CREATE FUNCTION test_refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
@@ -125,12 +127,14 @@ def test_a_failed_commit_is_never_answered_201(app: Any, client: Any, user: dict
               DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_refuse_at_commit();
         """)
         try:
-            quiet = TestClient(app, raise_server_exceptions=False)  # the app's own 500, not the test's exception
+            # The app's own 500, not the test's exception:
+            quiet = TestClient(app, raise_server_exceptions=False)
             r = quiet.post("/api/v1/projects", json={"name": "refused-at-commit"}, headers=h)
             assert r.status_code == 500, (r.status_code, r.text)
             ok = client.post("/api/v1/projects", json={"name": "accepted"}, headers=h)
             assert ok.status_code == 201
         finally:
-            conn.execute("DROP TRIGGER test_refuse_at_commit ON projects; DROP FUNCTION test_refuse_at_commit()")
+            conn.execute("DROP TRIGGER test_refuse_at_commit ON projects;"
+                         " DROP FUNCTION test_refuse_at_commit()")
     names = [p["name"] for p in client.get("/api/v1/projects", headers=h).json()]
     assert names == ["accepted"]

@@ -156,7 +156,8 @@ def _owned_document(session: SessionDep, user: User, project_id: uuid.UUID,
 def list_documents(
     project_id: uuid.UUID, user: CurrentUser, session: SessionDep,
     status_filter: Annotated[DocumentStatus | None, Query(alias="status")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100, offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[Document]:
     owned_project(session, user, project_id)
     query = select(Document).where(Document.project_id == project_id)
@@ -195,7 +196,7 @@ def delete_document(project_id: uuid.UUID, document_id: uuid.UUID, user: Current
     session.delete(doc)
     session.commit()
     try:
-        get_vector_store(settings).delete_document(str(document_id))
+        get_vector_store(settings).delete_document(str(project_id), str(document_id))
     except VectorStoreUnavailable:
         log.warning("vector_delete_deferred", document_id=str(document_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -38,7 +38,8 @@ def create_project(body: ProjectIn, user: CurrentUser, session: SessionDep) -> P
 @router.get("", response_model=list[ProjectOut])
 def list_projects(
     user: CurrentUser, session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100, offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[Project]:
     return list(session.scalars(
         select(Project).where(Project.owner_id == user.id)
