@@ -400,10 +400,23 @@ def host_up(name: str, hv: dict) -> None:
     # AIPL_LAB_CPU_SHARES: the host's CPU weight against the lab's other hosts (1024
     # by default); the test suite gives the hosts of its longest scenario more.
     shares = os.environ.get("AIPL_LAB_CPU_SHARES", "")
-    docker("run", "-d", "--name", name, "--hostname", name, "--label", LABEL,
-           "--network", net, "--ip", hv["ansible_host"], *HOST_FLAGS,
-           *(["--cpu-shares", shares] if shares else []),
-           "--memory", str(hv.get("lab_memory", "2g")), image)
+    # A failed start is tried twice more: the first container of a freshly started
+    # engine once failed inside containerd (exit 125, "failed to delete container
+    # from containerd: no such container") while the same run went through a moment
+    # later. Docker's own message is shown when it keeps failing.
+    for attempt in range(1, 4):
+        r = docker("run", "-d", "--name", name, "--hostname", name, "--label", LABEL,
+                   "--network", net, "--ip", hv["ansible_host"], *HOST_FLAGS,
+                   *(["--cpu-shares", shares] if shares else []),
+                   "--memory", str(hv.get("lab_memory", "2g")), image, check=False)
+        if r.returncode == 0:
+            return
+        msg = (r.stderr or r.stdout or "").strip()
+        print(f"lab: {name}: docker run failed (attempt {attempt}, exit {r.returncode}): {msg}",
+              file=sys.stderr)
+        docker("rm", "-f", name, check=False)
+        time.sleep(2 * attempt)
+    sys.exit(f"lab: {name}: could not start the host: {msg}")
 
 
 def wait_ready(names: list[str], timeout: float = 300) -> None:
