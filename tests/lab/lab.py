@@ -400,10 +400,10 @@ def host_up(name: str, hv: dict) -> None:
     # AIPL_LAB_CPU_SHARES: the host's CPU weight against the lab's other hosts (1024
     # by default); the test suite gives the hosts of its longest scenario more.
     shares = os.environ.get("AIPL_LAB_CPU_SHARES", "")
-    # A failed start is tried twice more: the first container of a freshly started
-    # engine once failed inside containerd (exit 125, "failed to delete container
-    # from containerd: no such container") while the same run went through a moment
-    # later. Docker's own message is shown when it keeps failing.
+    # A failed start is tried twice more: once, a minute after the engine started, an
+    # e2e host's start failed inside containerd (exit 125; the engine logged "failed
+    # to delete container from containerd: no such container"), and the same suite
+    # passed on the next run. Docker's own message is printed for every failure.
     for attempt in range(1, 4):
         r = docker("run", "-d", "--name", name, "--hostname", name, "--label", LABEL,
                    "--network", net, "--ip", hv["ansible_host"], *HOST_FLAGS,
