@@ -17,6 +17,11 @@ memory, up to its index cache (in-process: open-file limit / 5 indexes), so memo
 with the number of active projects and a project's first search after a restart pays the
 load. Run with the app tests' Chroma venv:
     .cache/venv-chroma/bin/python bench/chroma_collections.py [N] [M]
+With --server the same load goes through HTTP to a `chroma run` server (the one the
+chromadb role deploys) on a free loopback port, and the server's RSS is read after the
+load, after a restart and after querying 200 of the collections. Measured here, 1000 x 100:
+RSS 110 MB empty, 2865 MB after the load, 109 MB after a restart, 670 MB after querying
+200 collections (about 2.8 MB per touched collection); cold query p50 55.1 ms, warm 2.0 ms.
 """
 import random
 import resource
@@ -26,13 +31,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import chromadb
 from chromadb.api.client import SharedSystemClient
 import numpy as np
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-M = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+N = int(ARGS[0]) if ARGS else 1000
+M = int(ARGS[1]) if len(ARGS) > 1 else 100
 rng = np.random.default_rng(0)
 
 
@@ -56,6 +63,68 @@ def p50_ms(fn, n: int = 50) -> float:
         times.append((time.perf_counter() - t) * 1000)
     return round(statistics.median(times), 2)
 
+
+def rss_of(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
+
+
+def server() -> None:
+    import socket
+    from chromadb.config import Settings
+    chroma = Path(sys.executable).with_name("chroma")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = tempfile.mkdtemp(prefix="chroma-server-")
+
+    def start():
+        proc = subprocess.Popen([str(chroma), "run", "--path", data, "--host", "127.0.0.1", "--port", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(150):
+            try:
+                client = chromadb.HttpClient(host="127.0.0.1", port=port, settings=Settings(anonymized_telemetry=False))
+                client.heartbeat()
+                return proc, client
+            except Exception:
+                time.sleep(0.2)
+        proc.terminate()
+        raise SystemExit("the chroma server did not answer")
+    proc, c = start()
+    try:
+        empty = rss_of(proc.pid)
+        for i in range(N):
+            col = c.create_collection(f"p_{i:032x}", configuration={"hnsw": {"space": "cosine"}})
+            col.add(ids=[f"{i}:{j}" for j in range(M)], embeddings=rng.standard_normal((M, 384)).astype(np.float32),
+                    metadatas=[{"document_id": f"d{j // 10}"} for j in range(M)])
+        loaded = rss_of(proc.pid)
+        proc.terminate()
+        proc.wait()
+        proc, c = start()
+        restarted = rss_of(proc.pid)
+        q = rng.standard_normal(384).astype(np.float32).tolist()
+        names = [f"p_{i:032x}" for i in random.Random(0).sample(range(N), min(200, N))]
+
+        def query(name: str) -> float:
+            col = c.get_collection(name)
+            t = time.perf_counter()
+            col.query(query_embeddings=[q], n_results=5)
+            return (time.perf_counter() - t) * 1000
+        cold = [query(n) for n in names]
+        touched = rss_of(proc.pid)
+        warm = [query(n) for n in names[:50]]
+        print(f"server, {N} collections x {M} vectors: RSS {empty:.0f} MB empty, {loaded:.0f} MB after the load, "
+              f"{restarted:.0f} MB after a restart, {touched:.0f} MB after querying {len(names)} collections; "
+              f"cold query p50 {statistics.median(cold):.1f} ms, warm p50 {statistics.median(warm):.1f} ms", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+if "--server" in sys.argv:
+    server()
+    sys.exit(0)
 
 folder = tempfile.mkdtemp(prefix="chroma-collections-")
 try:
