@@ -74,6 +74,9 @@ def cmd_migrate_vectors(args: argparse.Namespace) -> int:
           f"{out.dropped} left for re-indexing" + (", dropped" if out.deleted else ""))
     if out.copied or out.deleted:
         print(f"migrate-vectors: changed ({out.copied} vectors copied)")
+    elif out.dropped:
+        print(f"migrate-vectors: no change ({out.dropped} vectors not copied: another embedding "
+              "model or no project; reconcile re-indexes their documents)")
     else:
         print("migrate-vectors: no change (every vector is in its project's collection)")
     return 0

@@ -465,6 +465,44 @@ def test_shared_collection_of_earlier_release_is_migrated(
     assert "migrate-vectors: no change (no shared collection" in out, out
 
 
+def test_shared_collection_of_another_model_is_reindexed(
+    client: Any, worker: Any, user: dict[str, Any], project: dict[str, Any], settings: Any,
+) -> None:
+    """Vectors of another embedding model in the shared collection are not copied (they
+    would not compare with this model's queries): reconcile drops them and re-indexes."""
+    from app.embeddings import DIMENSION
+    from app.tasks import reconcile_vectors
+    from app.vectorstore import VectorStore
+
+    doc = upload(client, user, project["id"], "moon.txt",
+                 b"The Moon always shows the same face to the Earth.").json()
+    doc = wait_for_status(client, user, project["id"], doc["id"], {"ready"})
+    store = VectorStore(settings)
+    chroma = store.client()
+    own = chroma.get_collection(store.collection_name(project["id"]), embedding_function=None)
+    before = own.get(include=["embeddings", "documents", "metadatas"])
+    legacy = chroma.create_collection(
+        settings.chroma_collection, configuration={"hnsw": {"space": "cosine"}},
+        metadata={"embedding_model": "some-other-model", "dimension": DIMENSION},
+        embedding_function=None)
+    legacy.add(ids=before["ids"], embeddings=before["embeddings"],
+               documents=before["documents"], metadatas=before["metadatas"])
+    store.delete_project(project["id"])
+
+    rc, out = _cli("migrate-vectors")
+    assert rc == 0 and f"migrate-vectors: no change ({len(before['ids'])} vectors not copied" \
+        in out, out
+    assert store.count_document(project["id"], doc["id"]) == 0
+    result = reconcile_vectors.delay().get(timeout=60)
+    assert result["legacy_vectors_moved"] == 0 and result["reindexed"] >= 1, result
+    assert settings.chroma_collection not in {c.name for c in chroma.list_collections()}
+    done = wait_for_status(client, user, project["id"], doc["id"], {"ready"}, timeout=60)
+    assert store.count_document(project["id"], doc["id"]) == done["chunk_count"] >= 1
+    hits = client.post(f"/api/v1/projects/{project['id']}/search",
+                       json={"query": "face of the Moon"}, headers=user["headers"]).json()
+    assert hits["results"][0]["document_id"] == doc["id"]
+
+
 def test_requeue_stuck_queues_a_lost_pending_upload(
     client: Any, worker: Any, user: dict[str, Any], project: dict[str, Any], settings: Any,
 ) -> None:
