@@ -400,29 +400,43 @@ def _cli(*argv: str) -> tuple[int, str]:
     return rc, buf.getvalue()
 
 
-def test_shared_collection_of_earlier_release_is_migrated(
-    client: Any, worker: Any, user: dict[str, Any], project: dict[str, Any], settings: Any,
-) -> None:
-    """The upgrade path: vectors in the one shared collection of earlier releases are
-    copied (not re-embedded) by `migrate-vectors`, idempotently, and reconcile drops the
-    shared collection, along with the vectors of projects that no longer exist."""
-    from app.embeddings import DIMENSION, MODEL_ID
-    from app.tasks import reconcile_vectors
+def _indexed_then_shared(client: Any, user: dict[str, Any], project: dict[str, Any],
+                         settings: Any, name: str, body: bytes, model: str,
+                         ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """A document indexed into the project's collection, then its vectors put into a shared
+    collection of an earlier release's layout (one collection, project_id metadata) made
+    with embedding model ``model``: (the document, the shared collection, its vectors)."""
+    from app.embeddings import DIMENSION
     from app.vectorstore import VectorStore
 
-    doc = upload(client, user, project["id"], "comet.txt",
-                 b"A comet's tail always points away from the Sun.").json()
+    doc = upload(client, user, project["id"], name, body).json()
     doc = wait_for_status(client, user, project["id"], doc["id"], {"ready"})
     store = VectorStore(settings)
     chroma = store.client()
     own = chroma.get_collection(store.collection_name(project["id"]), embedding_function=None)
     before = own.get(include=["embeddings", "documents", "metadatas"])
     assert len(before["ids"]) == doc["chunk_count"] >= 1
-    # The earlier release's layout: one collection, filtered by project_id metadata.
     legacy = chroma.create_collection(
         settings.chroma_collection, configuration={"hnsw": {"space": "cosine"}},
-        metadata={"embedding_model": MODEL_ID, "dimension": DIMENSION},
-        embedding_function=None)
+        metadata={"embedding_model": model, "dimension": DIMENSION}, embedding_function=None)
+    return doc, legacy, before
+
+
+def test_shared_collection_of_earlier_release_is_migrated(
+    client: Any, worker: Any, user: dict[str, Any], project: dict[str, Any], settings: Any,
+) -> None:
+    """The upgrade path: vectors in the one shared collection of earlier releases are
+    copied (not re-embedded) by `migrate-vectors`, idempotently, and reconcile drops the
+    shared collection, along with the vectors of projects that no longer exist."""
+    from app.embeddings import MODEL_ID
+    from app.tasks import reconcile_vectors
+    from app.vectorstore import VectorStore
+
+    doc, legacy, before = _indexed_then_shared(
+        client, user, project, settings, "comet.txt",
+        b"A comet's tail always points away from the Sun.", MODEL_ID)
+    store = VectorStore(settings)
+    chroma = store.client()
     gone_project = str(uuid.uuid4())
     legacy.add(ids=[*before["ids"], f"{uuid.uuid4()}:0"],
                embeddings=[*before["embeddings"], before["embeddings"][0]],
@@ -470,21 +484,14 @@ def test_shared_collection_of_another_model_is_reindexed(
 ) -> None:
     """Vectors of another embedding model in the shared collection are not copied (they
     would not compare with this model's queries): reconcile drops them and re-indexes."""
-    from app.embeddings import DIMENSION
     from app.tasks import reconcile_vectors
     from app.vectorstore import VectorStore
 
-    doc = upload(client, user, project["id"], "moon.txt",
-                 b"The Moon always shows the same face to the Earth.").json()
-    doc = wait_for_status(client, user, project["id"], doc["id"], {"ready"})
+    doc, legacy, before = _indexed_then_shared(
+        client, user, project, settings, "moon.txt",
+        b"The Moon always shows the same face to the Earth.", "some-other-model")
     store = VectorStore(settings)
     chroma = store.client()
-    own = chroma.get_collection(store.collection_name(project["id"]), embedding_function=None)
-    before = own.get(include=["embeddings", "documents", "metadatas"])
-    legacy = chroma.create_collection(
-        settings.chroma_collection, configuration={"hnsw": {"space": "cosine"}},
-        metadata={"embedding_model": "some-other-model", "dimension": DIMENSION},
-        embedding_function=None)
     legacy.add(ids=before["ids"], embeddings=before["embeddings"],
                documents=before["documents"], metadatas=before["metadatas"])
     store.delete_project(project["id"])
