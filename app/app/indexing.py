@@ -171,10 +171,12 @@ def reconcile(db: Database, store: VectorStore, settings: Settings) -> Reconcile
     # from the later read is a true orphan.
     counts: dict[str, int] = {}
     orphan_candidates: dict[tuple[str, str], list[str]] = {}
+    per_project: dict[str, int] = {}
     projects = store.projects()
     for project in projects:
         for vid, doc_id in store.iter_ids_by_document(project):
             counts[doc_id] = counts.get(doc_id, 0) + 1
+            per_project[project] = per_project.get(project, 0) + 1
             orphan_candidates.setdefault((project, doc_id), []).append(vid)
 
     with db.session() as s:
@@ -193,8 +195,7 @@ def reconcile(db: Database, store: VectorStore, settings: Settings) -> Reconcile
         if project not in known_projects:
             store.delete_project(project)
             result.orphan_collections_deleted += 1
-            result.orphan_vectors_deleted += sum(
-                len(v) for (p, _), v in orphan_candidates.items() if p == project)
+            result.orphan_vectors_deleted += per_project.get(project, 0)
     orphans: dict[str, list[str]] = {}
     for (project, doc_id), vids in orphan_candidates.items():
         if doc_id not in known and project in known_projects:

@@ -113,15 +113,19 @@ class VectorStore:
         return VectorStoreUnavailable(
             f"ChromaDB {what} failed: {type(exc).__name__}: {str(exc)[:200]}")
 
-    def _client_call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
+    def _client_call(self, fn: str, *, missing_ok: bool = False, **kwargs: Any) -> Any:
+        """``fn`` of the client; None when the collection it names does not exist and
+        ``missing_ok``. Every other failure is VectorStoreUnavailable."""
         try:
-            return getattr(self.client(), fn)(*args, **kwargs)
+            return getattr(self.client(), fn)(**kwargs)
         except VectorStoreUnavailable:
             raise
         except Exception as exc:
             if _is_not_found(exc):
-                raise
-            self._client = None  # a dead connection: reconnect next time
+                if missing_ok:
+                    return None
+            else:
+                self._client = None  # a dead connection: reconnect next time
             raise self._unavailable(fn, exc) from exc
 
     def _handle(self, name: str, create: bool, metadata: dict[str, Any] | None = None) -> Any:
@@ -133,23 +137,18 @@ class VectorStore:
                 return col
         from app.embeddings import DIMENSION, MODEL_ID
 
-        try:
-            if create:
-                col = self._client_call(
-                    "get_or_create_collection", name=name,
-                    configuration={"hnsw": {"space": "cosine"}},
-                    metadata={"embedding_model": MODEL_ID, "dimension": DIMENSION}
-                    | (metadata or {}),
-                    embedding_function=None,
-                )
-            else:
-                col = self._client_call("get_collection", name=name, embedding_function=None)
-        except VectorStoreUnavailable:
-            raise
-        except Exception as exc:
-            if not create and _is_not_found(exc):
+        if create:
+            col = self._client_call(
+                "get_or_create_collection", name=name,
+                configuration={"hnsw": {"space": "cosine"}},
+                metadata={"embedding_model": MODEL_ID, "dimension": DIMENSION} | (metadata or {}),
+                embedding_function=None,
+            )
+        else:
+            col = self._client_call("get_collection", missing_ok=True, name=name,
+                                    embedding_function=None)
+            if col is None:
                 return None
-            raise self._unavailable("get_collection", exc) from exc
         with self._lock:
             self._handles[name] = col
             while len(self._handles) > _HANDLES:
@@ -212,13 +211,7 @@ class VectorStore:
     def delete_project(self, project_id: str) -> None:
         name = self.collection_name(project_id)
         self._forget(name)
-        try:
-            self._client_call("delete_collection", name=name)
-        except VectorStoreUnavailable:
-            raise
-        except Exception as exc:
-            if not _is_not_found(exc):
-                raise self._unavailable("delete_collection", exc) from exc
+        self._client_call("delete_collection", missing_ok=True, name=name)
 
     def delete_ids(self, project_id: str, ids: Sequence[str]) -> None:
         for start in range(0, len(ids), _PAGE):
@@ -297,15 +290,10 @@ class VectorStore:
         from app.embeddings import MODEL_ID
 
         out = LegacyMigration()
-        try:
-            legacy = self._client_call("get_collection", name=self.prefix,
-                                       embedding_function=None)
-        except VectorStoreUnavailable:
-            raise
-        except Exception as exc:
-            if _is_not_found(exc):
-                return out
-            raise self._unavailable("get_collection", exc) from exc
+        legacy = self._client_call("get_collection", missing_ok=True, name=self.prefix,
+                                   embedding_function=None)
+        if legacy is None:
+            return out
         out.found = True
         same_model = (legacy.metadata or {}).get("embedding_model") == MODEL_ID
         projects: set[str] = set()
