@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+
+def run_cli(args: list[str], db: str | None = None,
+            **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed ai-platform console script, with the tests' environment."""
+    cli = shutil.which("ai-platform", path=str(Path(sys.executable).parent))
+    assert cli, "console script ai-platform not installed in the venv"
+    full = dict(os.environ)
+    if db:
+        full["DATABASE_URL"] = db
+    full.update(env)
+    return subprocess.run([cli, *args], env=full, capture_output=True, text=True, timeout=120)
 
 
 def upload(client: Any, user: dict[str, Any], project_id: str, filename: str, data: bytes,

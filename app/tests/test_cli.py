@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-CLI = shutil.which("ai-platform", path=str(Path(sys.executable).parent))
-
-
-def run(args: list[str], db: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-    full = dict(os.environ)
-    if db:
-        full["DATABASE_URL"] = db
-    full.update(env)
-    assert CLI, "console script ai-platform not installed in the venv"
-    return subprocess.run([CLI, *args], env=full, capture_output=True, text=True, timeout=120)
+from helpers import run_cli as run
 
 
 def test_version() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from celery import Celery
-from helpers import Worker, make_pdf, upload, wait_for_status
+from helpers import Worker, make_pdf, run_cli, upload, wait_for_status
 from sqlalchemy import create_engine, text
 
 pytestmark = pytest.mark.e2e
@@ -388,18 +388,6 @@ def test_each_project_has_its_own_collection(
     assert store.collection_name(made[1][0]["id"]) in names
 
 
-def _cli(*argv: str) -> tuple[int, str]:
-    import contextlib
-    import io
-
-    from app.cli import main
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = main(list(argv))
-    return rc, buf.getvalue()
-
-
 def _indexed_then_shared(client: Any, user: dict[str, Any], project: dict[str, Any],
                          settings: Any, name: str, body: bytes, model: str,
                          ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
@@ -449,10 +437,11 @@ def test_shared_collection_of_earlier_release_is_migrated(
     r = client.post(url, json={"query": "comet tail"}, headers=user["headers"])
     assert r.status_code == 200 and r.json()["results"] == []
 
-    rc, out = _cli("migrate-vectors")
-    assert rc == 0 and f"migrate-vectors: changed ({len(before['ids']) + 1} vectors" in out, out
-    rc, out = _cli("migrate-vectors")
-    assert rc == 0 and "migrate-vectors: no change" in out, out
+    r = run_cli(["migrate-vectors"])
+    assert r.returncode == 0, r.stderr
+    assert f"migrate-vectors: changed ({len(before['ids']) + 1} vectors" in r.stdout, r.stdout
+    r = run_cli(["migrate-vectors"])
+    assert r.returncode == 0 and "migrate-vectors: no change" in r.stdout, r.stdout + r.stderr
     assert settings.chroma_collection in {c.name for c in chroma.list_collections()}
 
     after = chroma.get_collection(store.collection_name(project["id"]),
@@ -475,8 +464,8 @@ def test_shared_collection_of_earlier_release_is_migrated(
     done = client.get(f"/api/v1/projects/{project['id']}/documents/{doc['id']}",
                       headers=user["headers"]).json()
     assert done["status"] == "ready"
-    rc, out = _cli("migrate-vectors")
-    assert "migrate-vectors: no change (no shared collection" in out, out
+    r = run_cli(["migrate-vectors"])
+    assert "migrate-vectors: no change (no shared collection" in r.stdout, r.stdout + r.stderr
 
 
 def test_shared_collection_of_another_model_is_reindexed(
@@ -496,9 +485,9 @@ def test_shared_collection_of_another_model_is_reindexed(
                documents=before["documents"], metadatas=before["metadatas"])
     store.delete_project(project["id"])
 
-    rc, out = _cli("migrate-vectors")
-    assert rc == 0 and f"migrate-vectors: no change ({len(before['ids'])} vectors not copied" \
-        in out, out
+    r = run_cli(["migrate-vectors"])
+    assert r.returncode == 0 and f"migrate-vectors: no change ({len(before['ids'])} vectors " \
+        "not copied" in r.stdout, r.stdout + r.stderr
     assert store.count_document(project["id"], doc["id"]) == 0
     result = reconcile_vectors.delay().get(timeout=60)
     assert result["legacy_vectors_moved"] == 0 and result["reindexed"] >= 1, result
