@@ -95,6 +95,21 @@ def on(host: str, cmd: str, timeout: int = 900, check: bool = True) -> str:
     return r.stdout if check else r.stdout + r.stderr
 
 
+def app_run(host: str, script: str, cfg: dict, work: str, env: str = "", timeout: int = 3600) -> dict:
+    """A script with the app's venv, user and environment (as its units run), on an app host:
+    it gets the path of `cfg` as JSON and prints one line "BENCH-RESULT <json>", returned."""
+    name = f"{work}/{cfg.get('name', 'run')}"
+    on(host, f"mkdir -p {work} && chmod 755 {work} && cat > {name}.py <<'PY'\n{script}\nPY\n"
+             f"cat > {name}.json <<'EOF'\n{json.dumps(cfg)}\nEOF\nchmod 644 {name}.py {name}.json")
+    res = on(host, "systemd-run --quiet --wait --pipe --collect -p User=aiplatform -p Group=aiplatform "
+                   f"-p EnvironmentFile=/etc/ai-platform/app.env -p WorkingDirectory=/var/lib/ai-platform {env} "
+                   f"/opt/ai-platform/current/venv/bin/python {name}.py {name}.json", timeout=timeout)
+    line = [ln for ln in res.splitlines() if ln.startswith("BENCH-RESULT ")]
+    if not line:
+        raise RuntimeError(f"{host}: {script[:40]!r} gave no result: {res[-2000:]}")
+    return json.loads(line[-1].removeprefix("BENCH-RESULT "))
+
+
 def ms(value: str) -> float:
     """wrk's latency ('812.00us', '1.23ms', '2.01s') in milliseconds."""
     m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value.strip())
@@ -1109,19 +1124,6 @@ print(f"{len(used)} weights restored to fp32")
             f"(server {res['server_p50_ms']:.1f} / {res['server_p99_ms']:.1f} ms), non-200 {res['non_200']}")
         return res
 
-    def _app_run(self, host: str, script: str, cfg: dict, work: str, env: str = "", timeout: int = 3600) -> dict:
-        """A script with the app's venv, user and environment (as its units run), on an app host."""
-        name = f"{work}/{cfg.get('name', 'run')}"
-        on(host, f"mkdir -p {work} && chmod 755 {work} && cat > {name}.py <<'PY'\n{script}\nPY\n"
-                 f"cat > {name}.json <<'EOF'\n{json.dumps(cfg)}\nEOF\nchmod 644 {name}.py {name}.json")
-        res = on(host, "systemd-run --quiet --wait --pipe --collect -p User=aiplatform -p Group=aiplatform "
-                       f"-p EnvironmentFile=/etc/ai-platform/app.env -p WorkingDirectory=/var/lib/ai-platform {env} "
-                       f"/opt/ai-platform/current/venv/bin/python {name}.py {name}.json", timeout=timeout)
-        line = [ln for ln in res.splitlines() if ln.startswith("BENCH-RESULT ")]
-        if not line:
-            raise RuntimeError(f"{host}: {script[:40]!r} gave no result: {res[-2000:]}")
-        return json.loads(line[-1].removeprefix("BENCH-RESULT "))
-
     def _index_fp32_model(self, app: str, work: str) -> str:
         """Chroma's default embedder's model directory (see INDEX_FP32_MODEL) on `app`."""
         cache = REPO / ".cache/bench-indexing"
@@ -1225,7 +1227,7 @@ print(f"{len(used)} weights restored to fp32")
         # reference); with the API alone it spent 15 minutes reclaiming memory (100 % system time).
         on(app, "systemctl stop ai-platform-worker ai-platform-api")
         try:
-            ref = self._app_run(app, self.INDEX_REFERENCE, {"name": "reference", "project": project, "documents": sample,
+            ref = app_run(app, self.INDEX_REFERENCE, {"name": "reference", "project": project, "documents": sample,
                                                             "collection": f"bench_default_ef_{int(time.time())}"},
                                 work, env=f"-E HOME={home}")
         finally:
@@ -1259,7 +1261,7 @@ print(f"{len(used)} weights restored to fp32")
             t0f = time.time()
             from concurrent.futures import ThreadPoolExecutor
             with ThreadPoolExecutor(per_host) as pool:
-                fills = list(pool.map(lambda hc: self._app_run(hc[0], self.INDEX_FILL, hc[1], work, timeout=7200),
+                fills = list(pool.map(lambda hc: app_run(hc[0], self.INDEX_FILL, hc[1], work, timeout=7200),
                                       zip(self.app_hosts, cfgs)))
             secs = time.time() - t0f
             added = sum(f["chunks"] for f in fills)
@@ -1300,7 +1302,7 @@ if before:
     store.delete_project(cfg["project"])
 print("BENCH-RESULT " + json.dumps({"left_after_api_delete": before, "left": left(), "collections": len(store.projects())}))
 """
-            out["cleanup"] = {"api_delete_status": code} | self._app_run(app, check, {"name": "cleanup", "project": project}, work)
+            out["cleanup"] = {"api_delete_status": code} | app_run(app, check, {"name": "cleanup", "project": project}, work)
             log(f"indexing: cleanup {out['cleanup']}")
         finally:
             for h in self.app_hosts:

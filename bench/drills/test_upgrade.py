@@ -3,7 +3,6 @@ one shared Chroma collection to this one (one collection per project) loses no v
 re-embeds nothing."""
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -33,10 +32,7 @@ def _reconcile(host: str) -> dict:
     """beat's reconcile_vectors task, queued now, and its result."""
     script = ("import json\nfrom app.tasks import reconcile_vectors\n"
               "print('BENCH-RESULT ' + json.dumps(reconcile_vectors.delay().get(timeout=600)))\n")
-    out = on(host, "systemd-run --quiet --wait --pipe --collect -p User=aiplatform -p Group=aiplatform "
-                   "-p EnvironmentFile=/etc/ai-platform/app.env -p WorkingDirectory=/var/lib/ai-platform "
-                   f"/opt/ai-platform/current/venv/bin/python -c \"{script}\"", timeout=900)
-    return json.loads([ln for ln in out.splitlines() if ln.startswith("BENCH-RESULT ")][-1].split(" ", 1)[1])
+    return bench.app_run(host, script, {"name": "reconcile"}, "/tmp/drill-upgrade", timeout=900)
 
 
 def _top_hits(the_lab, token: str, project: str) -> dict[str, str]:
