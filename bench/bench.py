@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import statistics
@@ -71,6 +72,36 @@ def run_playbook(inventory: Path, path: str, *extra: str, env: dict | None = Non
     if r.returncode != 0:
         raise RuntimeError(f"{path} {extra} failed (whole output: {saved}): {r.stdout[-3000:]}")
     return secs, r.stdout
+
+
+def lab_cpu_s() -> float | None:
+    """CPU seconds used so far by every lab host together (the cgroup that tests/lab/lab.py's
+    Docker engine puts them under), or None where that cgroup is not found."""
+    netns = os.environ.get("AIPL_LAB_NETNS", "aipl-lab")
+    v1 = Path(f"/sys/fs/cgroup/cpuacct/{netns}/cpuacct.usage")
+    if v1.exists():
+        return int(v1.read_text()) / 1e9
+    for v2 in (Path(f"/sys/fs/cgroup/{netns}/cpu.stat"), Path(f"/sys/fs/cgroup/unified/{netns}/cpu.stat")):
+        if v2.exists():
+            return int(re.search(r"^usage_usec (\d+)", v2.read_text(), re.M).group(1)) / 1e6
+    return None
+
+
+def cpu_run(inventory: Path, path: str, *extra: str, env: dict | None = None) -> tuple[dict, str]:
+    """run_playbook, plus where its CPU went: the control node (ansible-playbook and every process
+    it waited for: its workers and their ssh clients) and the lab hosts; and the floor these set
+    on this machine's cores when both ran perfectly in parallel. Returns that dict and stdout."""
+    ru0, lab0 = resource.getrusage(resource.RUSAGE_CHILDREN), lab_cpu_s()
+    secs, stdout = run_playbook(inventory, path, *extra, env=env)
+    ru1, lab1 = resource.getrusage(resource.RUSAGE_CHILDREN), lab_cpu_s()
+    out = {"seconds": secs, "control_cpu_s": round(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 1)}
+    if lab0 is not None and lab1 is not None:
+        out["hosts_cpu_s"] = round(lab1 - lab0, 1)
+        out["cpu_floor_s"] = round((out["control_cpu_s"] + out["hosts_cpu_s"]) / (os.cpu_count() or 1), 1)
+    # Task results on hosts (ok + changed in the recap, the control node's own play left out).
+    out["host_task_results"] = sum(int(ok) + int(ch) for h, ok, ch in re.findall(
+        r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)", stdout, re.M) if h != "localhost")
+    return out, stdout
 
 
 def post_script(host: str, body: str) -> str:
@@ -680,7 +711,8 @@ print(json.dumps({"seconds": round(time.monotonic() - t0, 1), "transactions": le
             f"{', failed: ' + str({h: f['failed'] for h, f in floor.items() if f['failed']}) if any(f['failed'] for f in floor.values()) else ''}")
         out["boot_again_s"] = fresh()
         shutil.rmtree(REPO / ".cache/ansible-facts", ignore_errors=True)
-        out["first_converge_s"], stdout = run_playbook(self.args.inventory, "site.yml")
+        cpu, stdout = cpu_run(self.args.inventory, "site.yml")
+        out["first_converge_s"], out["first_converge_cpu"] = cpu["seconds"], cpu
         recap = stdout[stdout.rfind("TASKS RECAP"):].splitlines()[3:13]
         out["slowest_tasks"] = [re.sub(r"\s*-{3,}\s*", " ", x).strip() for x in recap if x.strip()]
         out["ratio_vs_floor"] = out["first_converge_s"] / out["floor_s"]
@@ -692,10 +724,10 @@ print(json.dumps({"seconds": round(time.monotonic() - t0, 1), "transactions": le
         """The idempotent re-run of site.yml on the converged lab, with the project's
         SSH/fact settings and without pipelining and the fact cache."""
         def run(extra_env: dict) -> dict:
-            secs, stdout = run_playbook(INVENTORY, "site.yml", env=extra_env)
-            changed = sum(int(m) for m in re.findall(r"changed=(\d+)", "\n".join(
+            out, stdout = cpu_run(INVENTORY, "site.yml", env=extra_env)
+            out["changed"] = sum(int(m) for m in re.findall(r"changed=(\d+)", "\n".join(
                 ln for ln in stdout.splitlines() if " ok=" in ln)))
-            return {"seconds": secs, "changed": changed}
+            return out
         tuned = [run({}) for _ in range(self.args.deploy_runs)]
         for i, t in enumerate(tuned):
             log(f"deploy idempotent re-run {i + 1}: {t['seconds']} s, changed={t['changed']}")
@@ -706,7 +738,39 @@ print(json.dumps({"seconds": round(time.monotonic() - t0, 1), "transactions": le
         log(f"deploy without pipelining and fact cache: {plain['seconds']} s")
         med = statistics.median(t["seconds"] for t in tuned)
         self.results["deploy"] = {"idempotent_rerun_s": med, "idempotent_runs": tuned, "changed": max(t["changed"] for t in tuned),
-                                  "without_tuning_s": plain["seconds"], "speedup_from_tuning": plain["seconds"] / med}
+                                  "without_tuning_s": plain["seconds"], "speedup_from_tuning": plain["seconds"] / med,
+                                  "module_cost": self._module_cost()}
+
+    MODULE_TASKS = {
+        "stat": "ansible.builtin.stat: {path: /etc/hostname}",
+        "template": "ansible.builtin.template: {src: /etc/hostname, dest: /tmp/bench-module-cost, mode: '0644'}",
+        "systemd_service": "ansible.builtin.systemd_service: {name: ssh.service, state: started}",
+        "apt": "ansible.builtin.apt: {name: openssl, state: present}",
+        "debug": "ansible.builtin.debug: {msg: control node only}",
+    }
+
+    def _module_cost(self, n: int = 20) -> dict:
+        """What one task costs on one host when nothing changes: a playbook with the task n + 1
+        times minus the same with it once, divided by n (so ansible-playbook's start is left
+        out): wall seconds, control-node CPU and host CPU per task. The template task's source
+        is the host's own /etc/hostname on the control node (any small file)."""
+        host, out = self.lb, {}
+        tmp = Path(tempfile.mkdtemp(prefix="bench-module-cost-"))
+        try:
+            for name, task in self.MODULE_TASKS.items():
+                runs = {}
+                for count in (1, n + 1):
+                    book = tmp / f"{name}-{count}.yml"
+                    book.write_text(f"- hosts: {host}\n  gather_facts: false\n  tasks:\n"
+                                    + "".join(f"    - name: {name} {i}\n      {task}\n" for i in range(count)))
+                    runs[count], _ = cpu_run(INVENTORY, str(book))
+                out[name] = {k: round((runs[n + 1][k] - runs[1][k]) / n, 3)
+                             for k in ("seconds", "control_cpu_s", "hosts_cpu_s") if k in runs[1]}
+                log(f"deploy: one {name} task on {host}: {out[name]}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            on(host, "rm -f /tmp/bench-module-cost", check=False)
+        return out
 
     def release(self) -> None:
         """A rolling deploy of new app code (playbooks/deploy.yml: one app host at a time,
@@ -1357,6 +1421,11 @@ def markdown(res: dict) -> str:
                      "`apt-get install` commands alone on the same fresh hosts (slowest host)", "≤ 1.5×",
                      f"{c['first_converge_s']:.0f} s vs {c['floor_s']:.0f} s = {c['ratio_vs_floor']:.2f}×"
                      + (" (miss)" if c["ratio_vs_floor"] > 1.5 else "")))
+        cc = c.get("first_converge_cpu", {})
+        if "cpu_floor_s" in cc:
+            rows.append(("where the first converge's time goes (as for the re-run below)", "reported",
+                         f"control node {cc['control_cpu_s']:.0f} CPU-s + hosts {cc['hosts_cpu_s']:.0f} CPU-s for "
+                         f"{cc['host_task_results']} task results; floor {cc['cpu_floor_s']:.0f} s vs {cc['seconds']:.0f} s measured"))
     d = res.get("deploy")
     if d:
         rows.append(("site.yml idempotent re-run (lab, 8 hosts)", "≤ 45 s", f"{d['idempotent_rerun_s']:.0f} s, changed={d['changed']}"
@@ -1366,6 +1435,19 @@ def markdown(res: dict) -> str:
             rows.append(("idempotent re-run vs first converge", "≤ 0.25×", f"{r:.2f}×" + (" (miss)" if r > 0.25 else "")))
         rows.append(("same without pipelining and fact cache (ControlPersist stays: `ufw limit` on 22 refuses new connections)", "slower (ratio)",
                      f"{d['without_tuning_s']:.0f} s = {d['speedup_from_tuning']:.2f}× the tuned run"))
+        runs = [r for r in d["idempotent_runs"] if "cpu_floor_s" in r]
+        if runs:
+            r = min(runs, key=lambda x: abs(x["seconds"] - d["idempotent_rerun_s"]))
+            rows.append(("where the idempotent re-run's time goes: CPU of the control node and of the lab hosts, task results "
+                         "on hosts (ok + changed), and the floor they set if all of it ran in parallel on the machine's cores",
+                         "reported", f"control node {r['control_cpu_s']:.0f} CPU-s + hosts {r['hosts_cpu_s']:.0f} CPU-s for "
+                         f"{r['host_task_results']} task results; floor {r['cpu_floor_s']:.0f} s vs {r['seconds']:.0f} s measured"))
+        mc = d.get("module_cost")
+        if mc:
+            rows.append(("one unchanged task on one host (the lb): wall / control-node CPU / host CPU, each a playbook with the "
+                         "task 21 times minus once, over 20", "reported",
+                         "; ".join(f"{k} {v['seconds'] * 1000:.0f} / {v['control_cpu_s'] * 1000:.0f} / "
+                                   f"{v.get('hosts_cpu_s', 0) * 1000:.0f} ms" for k, v in mc.items())))
     rl = res.get("release")
     if rl:
         rows.append((f"rolling deploy of new app code (playbooks/deploy.yml, {rl['app_hosts']} app hosts): the new release's venv "
