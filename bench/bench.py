@@ -1577,6 +1577,7 @@ def save(args: argparse.Namespace, results: dict, failed: dict, seconds: int) ->
     merged = {**old, "when": when, "machine": machine, "runs": runs, **results}
     if "serving" in results:  # the note said under which load the lab sections of an earlier run were measured
         merged.pop("note", None)
+    merged.pop("seconds", None)  # a whole-run total that earlier versions wrote; each section has its own in runs
     if "memory" in merged:  # the RSS-only section of earlier runs
         merged.pop("memory_mib", None)
         runs.pop("memory_mib", None)
