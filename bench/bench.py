@@ -793,6 +793,10 @@ print(json.dumps({"seconds": round(time.monotonic() - t0, 1), "transactions": le
                     log(f"release: rolling deploy over {len(self.app_hosts)} app hosts, {label}: {secs} s")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        # Back to the repository's own release, the one site.yml deploys: otherwise the lab runs
+        # a copy whose source is gone, and the next site.yml switches back and reports changes.
+        secs, _ = run_playbook(INVENTORY, "playbooks/deploy.yml")
+        log(f"release: the repository's own release deployed again in {secs} s")
         fresh, seeded = statistics.median(runs["fresh_venv"]), statistics.median(runs["seeded_venv"])
         self.results["release"] = {"runs": runs, "fresh_venv_s": fresh, "seeded_venv_s": seeded, "speedup": fresh / seeded,
                                    "app_hosts": len(self.app_hosts)}
