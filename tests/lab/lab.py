@@ -404,7 +404,10 @@ def host_up(name: str, hv: dict) -> None:
     # e2e host's start failed inside containerd (exit 125; the engine logged "failed
     # to delete container from containerd: no such container"), and the same suite
     # passed on the next run. Docker's own message is printed for every failure.
+    # Another time, the network was gone: another scenario's `rm` had removed every
+    # empty lab network (now `rm` removes only its own hosts' networks).
     for attempt in range(1, 4):
+        ensure_network(net, subnet)  # again: it may have been removed since, as empty
         r = docker("run", "-d", "--name", name, "--hostname", name, "--label", LABEL,
                    "--network", net, "--ip", hv["ansible_host"], *HOST_FLAGS,
                    *(["--cpu-shares", shares] if shares else []),
@@ -483,12 +486,20 @@ def cmd_up(args) -> None:
 def cmd_rm(args) -> None:
     if not pid_alive(RUN / "dockerd.pid"):
         return
+    nets = set()
     for n in args.hosts:
+        cut = CACHE / "cut" / n
+        if cut.exists():
+            nets.add(json.loads(cut.read_text())["net"])
+        elif docker("inspect", n, check=False).returncode == 0:
+            nets.add(container_ip_net(n)[0])
         docker("rm", "-f", "-v", n, check=False)
-        (CACHE / "cut" / n).unlink(missing_ok=True)
-    # Networks no host uses any more.
-    for net in docker("network", "ls", "-q", "--filter", f"label={LABEL}").stdout.split():
-        if not json.loads(docker("network", "inspect", net).stdout)[0]["Containers"]:
+        cut.unlink(missing_ok=True)
+    # The networks of these hosts that no host uses any more. Only theirs: test scenarios
+    # run side by side, and another scenario's network is empty while its first host starts.
+    for net in sorted(nets - {""}):
+        r = docker("network", "inspect", net, check=False)
+        if r.returncode == 0 and not json.loads(r.stdout)[0]["Containers"]:
             docker("network", "rm", net, check=False)
 
 
