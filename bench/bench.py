@@ -98,9 +98,11 @@ def cpu_run(inventory: Path, path: str, *extra: str, env: dict | None = None) ->
     if lab0 is not None and lab1 is not None:
         out["hosts_cpu_s"] = round(lab1 - lab0, 1)
         out["cpu_floor_s"] = round((out["control_cpu_s"] + out["hosts_cpu_s"]) / (os.cpu_count() or 1), 1)
-    # Task results on hosts (ok + changed in the recap, the control node's own play left out).
-    out["host_task_results"] = sum(int(ok) + int(ch) for h, ok, ch in re.findall(
-        r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)", stdout, re.M) if h != "localhost")
+    # From the recap: changed tasks everywhere, and task results on hosts (ok + changed,
+    # the control node's own play left out).
+    recap = re.findall(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)", stdout, re.M)
+    out["changed"] = sum(int(ch) for _, _, ch in recap)
+    out["host_task_results"] = sum(int(ok) + int(ch) for h, ok, ch in recap if h != "localhost")
     return out, stdout
 
 
@@ -724,10 +726,7 @@ print(json.dumps({"seconds": round(time.monotonic() - t0, 1), "transactions": le
         """The idempotent re-run of site.yml on the converged lab, with the project's
         SSH/fact settings and without pipelining and the fact cache."""
         def run(extra_env: dict) -> dict:
-            out, stdout = cpu_run(INVENTORY, "site.yml", env=extra_env)
-            out["changed"] = sum(int(m) for m in re.findall(r"changed=(\d+)", "\n".join(
-                ln for ln in stdout.splitlines() if " ok=" in ln)))
-            return out
+            return cpu_run(INVENTORY, "site.yml", env=extra_env)[0]
         tuned = [run({}) for _ in range(self.args.deploy_runs)]
         for i, t in enumerate(tuned):
             log(f"deploy idempotent re-run {i + 1}: {t['seconds']} s, changed={t['changed']}")
