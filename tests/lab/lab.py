@@ -489,10 +489,8 @@ def cmd_rm(args) -> None:
     nets = set()
     for n in args.hosts:
         cut = CACHE / "cut" / n
-        if cut.exists():
-            nets.add(json.loads(cut.read_text())["net"])
-        elif docker("inspect", n, check=False).returncode == 0:
-            nets.add(container_ip_net(n)[0])
+        nets.add(json.loads(cut.read_text())["net"] if cut.exists()
+                 else container_ip_net(n, missing_ok=True)[0])
         docker("rm", "-f", "-v", n, check=False)
         cut.unlink(missing_ok=True)
     # The networks of these hosts that no host uses any more. Only theirs: test scenarios
@@ -512,8 +510,11 @@ def cmd_status(_args) -> None:
         print(docker("ps", "-a", "--format", "table {{.Names}}\t{{.Status}}\t{{.Image}}").stdout)
 
 
-def container_ip_net(name: str) -> tuple[str, str]:
-    info = json.loads(docker("inspect", name).stdout)[0]
+def container_ip_net(name: str, missing_ok: bool = False) -> tuple[str, str]:
+    r = docker("inspect", name, check=not missing_ok)
+    if r.returncode != 0:
+        return "", ""
+    info = json.loads(r.stdout)[0]
     label_net = info["Config"]["Labels"].get("lab.network")
     nets = info["NetworkSettings"]["Networks"]
     if nets:
