@@ -124,8 +124,9 @@ if want lint; then
 fi
 if want app && [[ -x tests/run-app-tests.sh ]]; then
   stage app-tests "${fg[@]}" tests/run-app-tests.sh -q
-  # The app's Python style (app/pyproject.toml [tool.ruff]), with the test venv's ruff.
-  stage app-ruff .cache/venv-app/bin/ruff check app
+  # The Python style of the app (app/pyproject.toml [tool.ruff]) and of the benchmarks and
+  # drills (bench/ruff.toml), with the test venv's ruff.
+  stage app-ruff .cache/venv-app/bin/ruff check app bench
 fi
 if want molecule; then
   echo; echo "################ molecule (waiting for the background run)"

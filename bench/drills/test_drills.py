@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import time
 
-from conftest import on, lab
+from conftest import lab, on
 
 
 def wait(what: str, check, timeout: float, step: float = 0.25) -> float:
@@ -64,7 +64,6 @@ def test_power_off_one_app_host(the_lab, record):
     time.sleep(3)
     lab("stop", app)
     time.sleep(60)
-    t0 = time.monotonic()
     lab("start", app)
     units = ("ai-platform-api", "ai-platform-worker", "nginx") if app == the_lab.lb else ("ai-platform-api", "ai-platform-worker")
     up = wait("units active after boot", lambda: _quiet_active(app, *units), 300, step=2)
@@ -79,7 +78,7 @@ def test_power_off_one_app_host(the_lab, record):
 def _quiet_active(host: str, *units: str) -> bool:
     try:
         return active(host, *units)
-    except Exception:  # noqa: BLE001 - the host is still booting
+    except Exception:  # the host is still booting
         return False
 
 
