@@ -10,6 +10,7 @@ for, measured in the same run.
     python3 -m bench --only database [--inventory INVENTORY] [--scale 70]
     python3 -m bench --only indexing [--chunks 10000] [--chunks-large 100000]
     python3 -m bench --render          # only write results.md and the README's table again
+    python3 -m bench --check           # are they what results.json gives? (make test)
 
 Each run replaces the sections it measured in results.json and keeps the others.
 One module per section (bench/sections.py lists them); bench/lab.py has the lab
@@ -35,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--only", default=",".join(s.NAME for s in RUN), help="sections to run, comma-separated, in this order")
     ap.add_argument("--inventory", type=Path, default=INVENTORY, help="inventory of the lab to measure (database: any with db_primary)")
     ap.add_argument("--render", action="store_true", help="only write results.md and the README's table again from results.json")
+    ap.add_argument("--check", action="store_true",
+                    help="only check that results.md, the README's table and the numbers it quotes match results.json (make test)")
     for section in RUN:
         if hasattr(section, "options"):
             section.options(ap)
@@ -50,6 +53,8 @@ def main() -> None:
     if args.render:
         report.write(report.load())
         return
+    if args.check:
+        sys.exit(report.check())
     lab = Lab(args)
     failed: dict = {}
     for name in args.only.split(","):

@@ -6,6 +6,7 @@ import re
 import time
 
 from bench.lab import Lab, log, on, pct
+from bench.report import Row
 
 NAME = "database"
 
@@ -91,7 +92,7 @@ def measure(lab: Lab) -> dict:
     return out
 
 
-def rows(res: dict) -> list[tuple[str, str, str]]:
+def rows(res: dict) -> list[Row]:
     db = res.get(NAME)
     if not db:
         return []
@@ -99,14 +100,16 @@ def rows(res: dict) -> list[tuple[str, str, str]]:
     where = (f"PostgreSQL {db['postgresql']}, primary {db['primary']} and replicas {', '.join(db['replicas'])}"
              f"{'; synchronous ' + db['synchronous_standby_names'] if db['synchronous_standby_names'] else ', asynchronous'}")
     for n, v in db["pgbench"]["lag"].items():
-        out.append((f"replay lag of {n} during {db['pgbench']['seconds']} s of pgbench ({db['pgbench']['clients']} clients, "
-                    f"{db['pgbench']['tps']:.0f} tps; {where})", "p99 < 1 s",
-                    f"p50 {v['seconds_p50']:.3f} s / {v['bytes_p50']} B, p99 {v['seconds_p99']:.3f} s / {v['bytes_p99']} B"))
+        out.append(Row(f"replay lag of {n} during {db['pgbench']['seconds']} s of pgbench ({db['pgbench']['clients']} clients, "
+                       f"{db['pgbench']['tps']:.0f} tps; {where})", "p99 < 1 s",
+                       f"p50 {v['seconds_p50']:.3f} s / {v['bytes_p50']} B, p99 {v['seconds_p99']:.3f} s / {v['bytes_p99']} B",
+                       v["seconds_p99"] < 1))
     ok = all(t["identical"] for t in db["restored_identical"].values())
-    out.append((f"backup (pg_dump by the backup service on {db['replicas'][0] if db['replicas'] else db['primary']}) of a "
-                f"{db['database_bytes'] / 2**30:.2f} GiB database (pgbench scale {db['scale']})", "≥ 1 GB, duration reported",
-                f"{db['backup_s']:.0f} s, dump {db['dump_bytes'] / 2**20:.0f} MiB"))
-    out.append(("restore (playbooks/restore.yml into a new database) and row-for-row check", "restored copy identical",
-                f"{db['restore_playbook_s']:.0f} s; {'identical' if ok else 'DIFFERENT'}: "
-                + ", ".join(f"{t} {v['rows']} rows" for t, v in db["restored_identical"].items())))
+    out.append(Row(f"backup (pg_dump by the backup service on {db['replicas'][0] if db['replicas'] else db['primary']}) of a "
+                   f"{db['database_bytes'] / 2**30:.2f} GiB database (pgbench scale {db['scale']})", "a database ≥ 1 GB; duration reported",
+                   f"{db['database_bytes'] / 1e9:.2f} GB; {db['backup_s']:.0f} s, dump {db['dump_bytes'] / 2**20:.0f} MiB",
+                   db["database_bytes"] >= 1e9))
+    out.append(Row("restore (playbooks/restore.yml into a new database) and row-for-row check", "restored copy identical",
+                   f"{db['restore_playbook_s']:.0f} s; {'identical' if ok else 'DIFFERENT'}: "
+                   + ", ".join(f"{t} {v['rows']} rows" for t, v in db["restored_identical"].items()), ok))
     return out

@@ -165,6 +165,7 @@ class Lab:
         self.lb, self.client = self.first("lb"), self.first("lab_clients")
         self.app_hosts = self.groups.get("app", [])
         self.addr = {h: v["ansible_host"] for h, v in self.hostvars.items()}
+        self.app_port = int(self.hostvars.get(self.app_hosts[0], {}).get("app_port", 8000)) if self.app_hosts else 8000
 
     def first(self, group: str) -> str | None:
         return (self.groups.get(group) or [None])[0]
@@ -183,14 +184,21 @@ class Lab:
         time.sleep(1.5)  # the /api/ limiter: stay well inside it
         return json.loads(on(self.client, f"{curl}/login"))["access_token"]
 
+    def exempt(self) -> dict:
+        """The nginx role's variable that exempts the client host from the rate limits."""
+        return {"nginx_rate_limit_exempt": [f"{self.addr[self.client]}/32"]}
+
     @contextlib.contextmanager
-    def exempt_client(self):
-        """The client host's address in nginx_rate_limit_exempt while the block runs (the nginx
-        role through playbooks/loadbalancer.yml, as an operator would set it), then the
-        inventory's setting back."""
-        extra = json.dumps({"nginx_rate_limit_exempt": [f"{self.addr[self.client]}/32"]})
-        self.playbook("playbooks/loadbalancer.yml", "-e", extra)
+    def lb_vars(self, **extra):
+        """Nginx with these role variables while the block runs (the nginx role through
+        playbooks/loadbalancer.yml with them as extra variables, as an operator would set
+        them), then with the inventory's settings again."""
+        self.playbook("playbooks/loadbalancer.yml", "-e", json.dumps(extra))
         try:
             yield
         finally:
             self.playbook("playbooks/loadbalancer.yml")
+
+    def exempt_client(self):
+        """The client host exempt from Nginx's rate limits while the block runs."""
+        return self.lb_vars(**self.exempt())

@@ -5,6 +5,7 @@ import json
 import re
 
 from bench.lab import Lab, log, on, remote_script
+from bench.report import Row
 
 NAME = "memory"
 
@@ -30,10 +31,10 @@ def measure(lab: Lab) -> dict:
     return out
 
 
-def rows(res: dict) -> list[tuple[str, str, str]]:
+def rows(res: dict) -> list[Row]:
     m = res.get(NAME)
     if not m:
         return []
-    return [("memory per service after warm-up (host:unit PSS / RSS in MiB, summed over the unit's processes; PSS "
+    return [Row("memory per service after warm-up (host:unit PSS / RSS in MiB, summed over the unit's processes; PSS "
              "divides shared pages such as PostgreSQL's shared buffers among the processes)", "reported",
              ", ".join(f"{k} {v['pss_mib']:.0f} / {v['rss_mib']:.0f}" for k, v in m.items()))]

@@ -5,6 +5,7 @@ import json
 import time
 
 from bench.lab import Lab, log, on, remote_script
+from bench.report import Row
 
 NAME = "ratelimits"
 
@@ -36,7 +37,8 @@ def measure(lab: Lab) -> dict:
     return out
 
 
-def rows(res: dict) -> list[tuple[str, str, str]]:
-    return [(f"rate limit `{k}`: accepted vs burst + rate × time", "within 10 % (0.9-1.1)",
-             f"{v['accepted']} / {v['expected']} = {v['accepted_vs_expected']:.2f}; rest 429: {v['only_429_beyond']}")
+def rows(res: dict) -> list[Row]:
+    return [Row(f"rate limit `{k}`: accepted vs burst + rate × time; every other answer 429", "within 10 % (0.9-1.1); only 429 beyond",
+                f"{v['accepted']} / {v['expected']} = {v['accepted_vs_expected']:.2f}; statuses {v['statuses']}",
+                0.9 <= v["accepted_vs_expected"] <= 1.1 and v["only_429_beyond"])
             for k, v in res.get(NAME, {}).items()]

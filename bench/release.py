@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from bench.lab import REPO, Lab, log
+from bench.report import Row
 
 NAME = "release"
 
@@ -47,10 +48,11 @@ def measure(lab: Lab) -> dict:
             "app_hosts": len(lab.app_hosts)}
 
 
-def rows(res: dict) -> list[tuple[str, str, str]]:
+def rows(res: dict) -> list[Row]:
     rl = res.get(NAME)
     if not rl:
         return []
-    return [(f"rolling deploy of new app code (playbooks/deploy.yml, {rl['app_hosts']} app hosts): the new release's venv "
-             "started as a hard-linked copy of the running one (lock unchanged) vs installed from the wheelhouse",
-             "faster (ratio)", f"{rl['seeded_venv_s']:.0f} s vs {rl['fresh_venv_s']:.0f} s = {rl['speedup']:.2f}× faster")]
+    return [Row(f"rolling deploy of new app code (playbooks/deploy.yml, {rl['app_hosts']} app hosts): the new release's venv "
+                "started as a hard-linked copy of the running one (lock unchanged) vs installed from the wheelhouse",
+                "faster (ratio > 1)", f"{rl['seeded_venv_s']:.0f} s vs {rl['fresh_venv_s']:.0f} s = {rl['speedup']:.2f}× faster",
+                rl["speedup"] > 1)]

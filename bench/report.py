@@ -4,23 +4,57 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import difflib
 import json
 import os
 import platform
+import re
+from dataclasses import dataclass
 
 from bench.lab import OUT, REPO
 
-HEADER = """| benchmark | target | measured |
-| --- | --- | --- |
+HEADER = """| benchmark | target | measured | verdict |
+| --- | --- | --- | --- |
 """
+
+
+@dataclass
+class Row:
+    """One row of the results table. ok is the verdict, computed by the section's rows() from
+    results.json: True (pass), False (miss), None (no target: reported only)."""
+
+    what: str
+    target: str
+    measured: str
+    ok: bool | None = None
+
+    @property
+    def verdict(self) -> str:
+        return {True: "pass", False: "**miss**", None: "—"}[self.ok]
+
+
+def rows(res: dict) -> list[Row]:
+    from bench.sections import TABLE  # the sections import Row from here
+
+    return [row for section in TABLE for row in section.rows(res)]
+
+
+def tally(res: dict) -> str:
+    """'N pass, N miss, N reported' over every row of the table."""
+    all_rows = rows(res)
+    n = {v: sum(1 for r in all_rows if r.ok is v) for v in (True, False, None)}
+    return f"{n[True]} pass, {n[False]} miss, {n[None]} reported without a target"
 README_START, README_END = "<!-- bench-results:start -->", "<!-- bench-results:end -->"
+# A number in the README's prose that comes from results.json: written again from it with
+# every report, e.g. <!-- bench indexing.search_large.p99_ms .1f -->20.1<!-- /bench -->
+# (a dotted path into results.json, list items by their index, and a format spec, with
+# *N to scale the value first: .0f*1000 for seconds shown as milliseconds).
+PROSE = re.compile(r"<!-- bench (?P<path>\S+) (?P<spec>\S+) -->(?P<value>.*?)<!-- /bench -->")
 
 
 def markdown(res: dict) -> str:
-    from bench.sections import TABLE  # the sections import the lab helpers; the report only needs their rows
-
-    rows = [row for section in TABLE for row in section.rows(res)]
-    return HEADER + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
+    return (f"Verdicts, computed from results.json by each section's rows(): {tally(res)}.\n\n" + HEADER
+            + "".join(f"| {r.what} | {r.target} | {r.measured} | {r.verdict} |\n" for r in rows(res)))
 
 
 def load() -> dict:
@@ -70,13 +104,34 @@ def results_md(res: dict) -> str:
             + failed_lines(res) + markdown(res))
 
 
+def lookup(res: dict, path: str):
+    """The value at a dotted path of results.json (KeyError, IndexError when it is not there)."""
+    value = res
+    for part in path.split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
+
+
+def prose(res: dict, text: str) -> str:
+    """Every `<!-- bench PATH SPEC -->` number in text written again from res."""
+    def one(m: re.Match) -> str:
+        spec, _, scale = m["spec"].partition("*")
+        try:
+            value = format(lookup(res, m["path"]) * float(scale or 1), spec)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise SystemExit(f"bench: the README quotes {m['path']}, which results.json does not have ({exc!r})") from exc
+        return f"<!-- bench {m['path']} {m['spec']} -->{value}<!-- /bench -->"
+    return PROSE.sub(one, text)
+
+
 def readme_text(res: dict, text: str) -> str:
-    """The README's text with the table between the bench-results markers written from res."""
-    if README_START not in text or README_END not in text:
-        return text
-    block = (f"{README_START}\n<!-- written by bench/ (python3 -m bench) from docs/bench/results.json; do not edit by hand -->\n"
-             + failed_lines(res) + markdown(res) + f"\n{README_END}")
-    return text[:text.index(README_START)] + block + text[text.index(README_END) + len(README_END):]
+    """The README's text with the table between the bench-results markers and every quoted
+    number written from res."""
+    if README_START in text and README_END in text:
+        block = (f"{README_START}\n<!-- written by bench/ (python3 -m bench) from docs/bench/results.json; do not edit by hand -->\n"
+                 + failed_lines(res) + markdown(res) + f"\n{README_END}")
+        text = text[:text.index(README_START)] + block + text[text.index(README_END) + len(README_END):]
+    return prose(res, text)
 
 
 def write(res: dict) -> None:
@@ -87,3 +142,20 @@ def write(res: dict) -> None:
     print(md)
     readme = REPO / "README.md"
     readme.write_text(readme_text(res, readme.read_text()))
+    print(f"bench: verdicts {tally(res)}")
+
+
+def check() -> int:
+    """0 when results.md, the README's table and every number the README quotes from
+    results.json are what results.json gives; else 1, with the differences."""
+    res = load()
+    stale = 0
+    for path, want in ((OUT / "results.md", results_md(res)), (REPO / "README.md", readme_text(res, (REPO / "README.md").read_text()))):
+        have = path.read_text()
+        if have != want:
+            stale = 1
+            print(f"bench: {path.relative_to(REPO)} does not match docs/bench/results.json (python3 -m bench --render writes it):")
+            print("".join(difflib.unified_diff(have.splitlines(True), want.splitlines(True), str(path), "from results.json", n=0))[:4000])
+    if not stale:
+        print(f"bench: results.md and the README match results.json; verdicts {tally(res)}")
+    return stale

@@ -124,6 +124,9 @@ if want lint; then
   stage syntax-check "${fg[@]}" ansible-playbook --syntax-check site.yml playbooks/*.yml
   # Alert rules: promtool check rules + promtool test rules (roles/monitoring/tests).
   stage promtool-rules "${fg[@]}" roles/monitoring/tests/promtool.sh
+  # The benchmark report: results.md, the README's table and the numbers its prose quotes
+  # are what docs/bench/results.json gives (verdicts computed by bench/*.py rows()).
+  stage bench-report "${fg[@]}" python3 -m bench --check
 fi
 if want app && [[ -x tests/run-app-tests.sh ]]; then
   stage app-tests "${fg[@]}" tests/run-app-tests.sh -q

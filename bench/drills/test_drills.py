@@ -83,12 +83,14 @@ def _quiet_active(host: str, *units: str) -> bool:
 
 
 def test_redis_restart_and_worker_sigkill_lose_no_document(the_lab, record):
-    """Restart Redis with tasks queued and SIGKILL a Celery worker mid-task: every document still ends ready."""
+    """Restart Redis with documents queued or indexing and SIGKILL a Celery worker mid-task: every document still ends ready."""
     token, project = the_lab.account()
     n = 8
+    # About 280 chunks each: the 8 take a minute or more to index, so most are still queued
+    # or indexing when the upload ends and the faults hit.
     on(the_lab.client, "for i in $(seq 8); do python3 -c \"import sys; i=int(sys.argv[1]); "
                        "print('\\n\\n'.join(f'Paragraph {p} of drill document {i}: the pump of loop {p} moves water ' * 8 "
-                       "for p in range(60)))\" $i > /tmp/drill-doc-$i.md; done")
+                       "for p in range(400)))\" $i > /tmp/drill-doc-$i.md; done")
     ids = []
     for i in range(1, n + 1):
         status, doc = the_lab.curl("POST", f"/api/v1/projects/{project}/documents", token, form_file=f"/tmp/drill-doc-{i}.md")
@@ -98,13 +100,6 @@ def test_redis_restart_and_worker_sigkill_lose_no_document(the_lab, record):
         assert status == 201, (status, doc)
         ids.append(doc["id"])
         time.sleep(1.05)
-    # Redis (the broker) restarts while tasks are queued or running.
-    on(the_lab.redis, "systemctl restart redis@broker")
-    # A worker dies mid-task: SIGKILL its main process (systemd starts it again).
-    worker_host = the_lab.apps[0]
-    pid = main_pid(worker_host, "ai-platform-worker")
-    on(worker_host, f"kill -9 {pid}")
-    t0 = time.monotonic()
 
     def statuses() -> dict:
         out = {}
@@ -113,6 +108,16 @@ def test_redis_restart_and_worker_sigkill_lose_no_document(the_lab, record):
             out[d] = doc["status"] if isinstance(doc, dict) else "?"
             time.sleep(0.15)
         return out
+    # Redis (the broker) restarts while tasks are queued or running: the documents' states
+    # just before it (a drill with nothing in flight would prove nothing).
+    at_fault = statuses()
+    in_flight = sorted(d for d, s in at_fault.items() if s in ("pending", "indexing"))
+    on(the_lab.redis, "systemctl restart redis@broker")
+    # A worker dies mid-task: SIGKILL its main process (systemd starts it again).
+    worker_host = the_lab.apps[0]
+    pid = main_pid(worker_host, "ai-platform-worker")
+    on(worker_host, f"kill -9 {pid}")
+    t0 = time.monotonic()
     last: dict = {}
 
     def settled() -> bool:
@@ -120,7 +125,9 @@ def test_redis_restart_and_worker_sigkill_lose_no_document(the_lab, record):
         last = statuses()
         return all(s in ("ready", "failed") for s in last.values())
     wait("every document settled", settled, 900, step=5)
-    record(documents=n, settled_after_s=round(time.monotonic() - t0), statuses=sorted(set(last.values())))
+    record(documents=n, in_flight_at_fault=len(in_flight), statuses_at_fault=sorted(at_fault.values()),
+           settled_after_s=round(time.monotonic() - t0), statuses=sorted(set(last.values())))
+    assert in_flight, f"no document was queued or indexing when Redis restarted: {at_fault}"
     assert set(last.values()) == {"ready"}, last
 
 
