@@ -11,7 +11,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from bench.lab import LAB, REPO, Lab, Partial, app_run, log, on, pct, remote_script
+from bench.lab import LAB, REPO, Lab, app_run, keeps_partial, log, on, pct, remote_script
 from bench.report import Row
 
 NAME = "indexing"
@@ -28,7 +28,8 @@ TIMEOUT = 5400  # s for the Celery path to index ~--chunks
 FILL_CHUNK = 120  # CHUNK_SIZE of the growth to ~--chunks-large when it bypasses Celery
 
 
-def measure(lab: Lab) -> dict:
+@keeps_partial
+def measure(lab: Lab, out: dict) -> None:
     """#7 of issue 8. A new user and project through the API; ~--chunks chunks of real
     text (the client's Python standard library sources) uploaded through Nginx and
     indexed by the Celery workers of every app host: throughput from the first upload
@@ -42,15 +43,6 @@ def measure(lab: Lab) -> dict:
     in the results. The Celery path is stopped (and recorded as `celery_aborted`, with
     the app hosts' memory) when a document fails or none gets ready for 10 minutes.
     The project and its vectors are deleted at the end."""
-    out: dict = {}
-    try:
-        _measure(lab, out)
-    except Exception as exc:
-        raise Partial(out) from exc
-    return out
-
-
-def _measure(lab: Lab, out: dict) -> None:
     lb, app = lab.addr[lab.lb], lab.app_hosts[0]
     apps = [lab.addr[h] for h in lab.app_hosts]
     out["load_at_start"] = os.getloadavg()[0]

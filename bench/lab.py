@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -145,6 +146,20 @@ class Partial(Exception):
     def __init__(self, results: dict) -> None:
         super().__init__("partial results")
         self.results = results
+
+
+def keeps_partial(measure):
+    """For a section's measure(lab, out) that fills out as it goes: returns measure(lab) ->
+    out, raising Partial(out) when it fails, so that what it measured is still written."""
+    @functools.wraps(measure)
+    def run(lab: Lab) -> dict:
+        out: dict = {}
+        try:
+            measure(lab, out)
+        except Exception as exc:
+            raise Partial(out) from exc
+        return out
+    return run
 
 
 def pct(values: list, q: float) -> float:

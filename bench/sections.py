@@ -1,6 +1,8 @@
 """The benchmark sections. Each is a module with NAME, measure(lab) -> dict (its part of
 results.json), rows(results) -> the table's rows it owns (from the whole results, so a row
 may compare with another section's numbers), and optionally options(argparse parser).
+A section that fills its results as it goes can be measure(lab, out) under
+@bench.lab.keeps_partial: what it measured before a failure is still written.
 A new section: its module, then its place in RUN and TABLE below."""
 from __future__ import annotations
 
