@@ -56,7 +56,7 @@ def _literal_address(host: str) -> str | None:
         pass
     try:
         return socket.inet_ntoa(socket.inet_aton(host))
-    except OSError:
+    except (OSError, ValueError):  # not a literal; ValueError: NUL or non-ASCII
         return None
 
 

@@ -178,7 +178,7 @@ class ProviderIn(Strict):
                                            pattern=NO_NUL)]
     # https, or http for a host on PROVIDER_HTTP_ALLOWLIST; no user, query or fragment
     base_url: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                               max_length=500)]
+                                               max_length=500, pattern=r"^[\x21-\x7e]+$")]
     model: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
                                             max_length=200, pattern=NO_NUL)]
     # Sent as an HTTP header: visible ASCII only (anything else failed at the call, a 500).

@@ -36,6 +36,8 @@ TEXT = (b"The ITER project in France is building the largest tokamak in the worl
     "ftp://api.example.com/v1",                 # scheme
     "https://api.example.com:99999/v1",         # port
     "http://localhost.evil.example/v1",         # http: only exact allowlisted names
+    "https://ex\u00e4mple.com/v1",              # non-ASCII (IDN hosts go punycoded)
+    "https://example.com/v1\u0000",             # NUL (PostgreSQL text cannot hold it)
 ])
 def test_unsafe_provider_urls_are_422(client: Any, user: dict[str, Any], url: str) -> None:
     r = add_provider(client, user, url)
