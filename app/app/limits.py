@@ -17,6 +17,8 @@ from app.config import Settings
 from app.log import get_logger
 
 log = get_logger("app.limits")
+# What "Redis did not answer" looks like (ValueError: a URL this client cannot use).
+_DOWN = (redis.RedisError, OSError, ValueError)
 
 
 @lru_cache(maxsize=8)
@@ -42,7 +44,7 @@ def login_retry_after(settings: Settings, email: str) -> int | None:
             return None
         ttl = int(r.ttl(key))
         return max(ttl, 1)
-    except redis.RedisError as exc:
+    except _DOWN as exc:
         log.warning("login_throttle_unavailable", error=type(exc).__name__)
         return None
 
@@ -55,14 +57,14 @@ def record_login_failure(settings: Settings, email: str) -> None:
         pipe.incr(key)
         pipe.expire(key, settings.login_failure_window_seconds, nx=True)
         pipe.execute()
-    except redis.RedisError as exc:
+    except _DOWN as exc:
         log.warning("login_throttle_unavailable", error=type(exc).__name__)
 
 
 def clear_login_failures(settings: Settings, email: str) -> None:
     try:
         _redis(settings).delete(_login_key(email))
-    except redis.RedisError as exc:
+    except _DOWN as exc:
         log.warning("login_throttle_unavailable", error=type(exc).__name__)
 
 
@@ -82,7 +84,7 @@ def take_ask(settings: Settings, user_id: uuid.UUID) -> int | None:
         pipe.incr(key)
         pipe.expire(key, seconds + 60, nx=True)
         count = int(pipe.execute()[0])
-    except redis.RedisError as exc:
+    except _DOWN as exc:
         log.warning("ask_quota_unavailable", error=type(exc).__name__)
         return None
     return seconds if count > limit else None
