@@ -118,11 +118,13 @@ def decode_access_token(token: str, settings: Settings) -> tuple[uuid.UUID, int]
             token,
             settings.jwt_key,
             algorithms=[settings.jwt_algorithm],
-            options={"require": ["exp", "iat", "sub", "ver"]},
+            options={"require": ["exp", "iat", "sub"]},
         )
         if claims.get("type") != "access":
             raise InvalidTokenError("not an access token")
-        version = claims["ver"]
+        # Tokens of releases before token versions have no "ver": version 0, so they keep
+        # working through a rolling upgrade and die at the account's first logout.
+        version = claims.get("ver", 0)
         if not isinstance(version, int) or isinstance(version, bool):
             raise InvalidTokenError("bad token version")
         return uuid.UUID(str(claims["sub"])), version

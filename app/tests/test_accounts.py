@@ -46,17 +46,26 @@ def test_password_change(client: Any, user: dict[str, Any]) -> None:
                                                    "password": "n3w-pass-word"}).status_code == 200
 
 
-def test_tokens_without_a_version_are_refused(client: Any, user: dict[str, Any],
-                                              settings: Any) -> None:
+def test_tokens_of_earlier_releases_end_at_logout(client: Any, user: dict[str, Any],
+                                                  settings: Any) -> None:
+    """A token without ``ver`` (made by a release before token versions) is version 0:
+    it survives a rolling upgrade, and dies with the account's first logout."""
     from datetime import UTC, datetime, timedelta
 
     import jwt
 
     me = client.get(ME, headers=user["headers"]).json()
     now = datetime.now(UTC)
-    legacy = jwt.encode({"sub": me["id"], "iat": now, "exp": now + timedelta(minutes=5),
-                         "type": "access"}, settings.jwt_key, algorithm="HS256")
-    assert client.get(ME, headers={"Authorization": f"Bearer {legacy}"}).status_code == 401
+    legacy = {"Authorization": "Bearer " + jwt.encode(
+        {"sub": me["id"], "iat": now, "exp": now + timedelta(minutes=5), "type": "access"},
+        settings.jwt_key, algorithm="HS256")}
+    assert client.get(ME, headers=legacy).status_code == 200
+    assert client.post("/api/v1/auth/logout", headers=user["headers"]).status_code == 204
+    assert client.get(ME, headers=legacy).status_code == 401
+    forged = {"Authorization": "Bearer " + jwt.encode(
+        {"sub": me["id"], "iat": now, "exp": now + timedelta(minutes=5), "type": "access",
+         "ver": "1"}, settings.jwt_key, algorithm="HS256")}
+    assert client.get(ME, headers=forged).status_code == 401  # a version must be a number
 
 
 def test_create_admin_refuses_silent_promotion(client: Any, make_user: Any,
