@@ -41,21 +41,31 @@ install_packages() {
 }
 
 # ---------------------------------------------------------------- virtualenvs
-# (Re)build a venv only when the hash of its lock files changed.
+# A venv per hash of its lock files, under VENV.d/<hash>, with VENV a link to the one in
+# use: worktrees of branches with different locks share .cache and switch between their
+# venvs without rebuilding them. The three most recently used are kept.
 ensure_venv() {
   local venv=$1; shift
-  local stamp
-  stamp="$(cat "$@" | sha256sum | cut -d' ' -f1)"
-  if [[ -x "$venv/bin/python" && -f "$venv/.lock-stamp" && "$(cat "$venv/.lock-stamp")" == "$stamp" ]]; then
-    return 0
+  local stamp dir
+  stamp="$(cat "$@" | sha256sum | cut -c1-16)"
+  dir="$venv.d/$stamp"
+  if [[ ! -x "$dir/bin/python" || ! -f "$dir/.lock-stamp" ]]; then
+    log "building $dir"
+    rm -rf "$dir"
+    mkdir -p "$venv.d"
+    "$PYTHON" -m venv "$dir"
+    local args=()
+    for lock in "$@"; do args+=(-r "$lock"); done
+    "$dir/bin/pip" install -qq --disable-pip-version-check --no-deps "${args[@]}"
+    echo "$stamp" > "$dir/.lock-stamp"
   fi
-  log "building $venv"
-  rm -rf "$venv"
-  "$PYTHON" -m venv "$venv"
-  local args=()
-  for lock in "$@"; do args+=(-r "$lock"); done
-  "$venv/bin/pip" install -qq --disable-pip-version-check --no-deps "${args[@]}"
-  echo "$stamp" > "$venv/.lock-stamp"
+  touch "$dir/.lock-stamp"
+  if [[ -d "$venv" && ! -L "$venv" ]]; then rm -rf "$venv"; fi  # a venv of the old layout
+  ln -sfn "$dir" "$venv"
+  # shellcheck disable=SC2012
+  ls -1t "$venv.d"/*/.lock-stamp 2>/dev/null | tail -n +4 | while read -r old; do
+    rm -rf "$(dirname "$old")"
+  done
 }
 
 free_port() {

@@ -4,6 +4,7 @@ Every subcommand ends with one marker line that automation can match:
   migrate       ->  "migrate: changed (...)"        or "migrate: no change (...)"
   migrate-vectors -> "migrate-vectors: changed (...)" or "migrate-vectors: no change (...)"
   create-admin  ->  "create-admin: created <email>" / "updated" / "no change"
+                    (an existing non-admin account only with --promote; exit 1 without)
   check-config  ->  "check-config: ok (...)"        or "check-config: FAILED" (exit 1)
 """
 
@@ -115,6 +116,12 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
                            is_admin=True))
                 outcome = "created"
             else:
+                if not user.is_admin and not args.promote:
+                    # A self-registered account: making it an admin (and resetting its
+                    # password) must be a deliberate act, not a name collision.
+                    raise SystemExit(
+                        f"create-admin: {email} exists and is not an admin; add --promote "
+                        "to make it one (its password is reset and its sessions end)")
                 changed = False
                 if not user.is_admin or not user.is_active:
                     user.is_admin = user.is_active = True
@@ -122,6 +129,8 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
                 if not verify_password(user.password_hash, password):
                     user.password_hash = hash_password(password, settings)
                     changed = True
+                if changed:  # every token issued before stops working
+                    user.token_version += 1
                 outcome = "updated" if changed else "no change"
     finally:
         db.dispose()
@@ -175,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--password-file", help="file whose first line is the password")
     group.add_argument("--password-env", help="name of an environment variable with it")
+    p.add_argument("--promote", action="store_true",
+                   help="make an existing non-admin account an admin (refused without it)")
     p.set_defaults(func=cmd_create_admin)
 
     p = sub.add_parser("check-config", help="validate settings (refuses unsafe production)")

@@ -1,4 +1,5 @@
-"""Engines and sessions: one primary engine, and an optional read-only one for search."""
+"""Engines and sessions: one primary engine, and an optional read-only one for search
+(only for data that may lag: never for authentication or access checks)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ def make_engine(url: str, settings: Settings) -> Engine:
         url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
+        pool_timeout=settings.database_pool_timeout,  # then 503 + Retry-After (app.errors)
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"connect_timeout": settings.database_connect_timeout},
