@@ -5,6 +5,7 @@ Every subcommand ends with one marker line that automation can match:
   migrate-vectors -> "migrate-vectors: changed (...)" or "migrate-vectors: no change (...)"
   create-admin  ->  "create-admin: created <email>" / "updated" / "no change"
   check-config  ->  "check-config: ok (...)"        or "check-config: FAILED" (exit 1)
+  reencrypt-secrets -> "reencrypt-secrets: changed (...)" or "reencrypt-secrets: no change (...)"
 """
 
 from __future__ import annotations
@@ -129,6 +130,38 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reencrypt_secrets(args: argparse.Namespace) -> int:
+    """Provider API keys encrypted with a previous Fernet key, encrypted with ENCRYPTION_KEY."""
+    from cryptography.fernet import InvalidToken
+    from sqlalchemy import select
+
+    from app.db import Database
+    from app.models import Provider
+    from app.security import reencrypt_secret
+
+    settings = _settings("reencrypt-secrets")
+    db = Database(settings)
+    changed = current = lost = 0
+    try:
+        with db.session() as s:
+            for p in s.scalars(select(Provider).with_for_update()):
+                try:
+                    token = reencrypt_secret(p.api_key_encrypted, settings)
+                except InvalidToken:
+                    lost += 1  # encrypted with a key that is no longer configured
+                    continue
+                if token is None:
+                    current += 1
+                else:
+                    p.api_key_encrypted = token
+                    changed += 1
+    finally:
+        db.dispose()
+    summary = f"{changed} re-encrypted, {current} already current, {lost} undecryptable"
+    print(f"reencrypt-secrets: {'changed' if changed else 'no change'} ({summary})")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from app.config import production_problems
 
@@ -176,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--password-file", help="file whose first line is the password")
     group.add_argument("--password-env", help="name of an environment variable with it")
     p.set_defaults(func=cmd_create_admin)
+
+    p = sub.add_parser("reencrypt-secrets",
+                       help="encrypt stored provider keys with ENCRYPTION_KEY (after a key "
+                            "rotation; idempotent)")
+    p.set_defaults(func=cmd_reencrypt_secrets)
 
     p = sub.add_parser("check-config", help="validate settings (refuses unsafe production)")
     p.add_argument("--strict", action="store_true",
