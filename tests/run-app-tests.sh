@@ -150,7 +150,11 @@ if [[ ! -f "$PGDATA/PG_VERSION" ]]; then
   as_postgres "$PG_BIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
 fi
 mkdir -p "$STATE/pg-run"
-[[ $EUID -eq 0 ]] && chown postgres: "$STATE/pg-run" "$PGDATA"
+# Trust, except for members of the role password_auth: their passwords are checked
+# (scram), for tests of what the app does when a password is refused.
+printf '%s\n' 'local all all trust' 'host all +password_auth 127.0.0.1/32 scram-sha-256' \
+  'host all all 127.0.0.1/32 trust' >"$STATE/pg-run/pg_hba.conf"
+[[ $EUID -eq 0 ]] && chown postgres: "$STATE/pg-run" "$STATE/pg-run/pg_hba.conf" "$PGDATA"
 if as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
   log "stopping a PostgreSQL left running by an earlier run"
   as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
@@ -158,7 +162,7 @@ fi
 PG_PORT="$(free_port)"
 PG_STARTED=1
 as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$STATE/pg-run/postgres.log" -w -t 60 \
-  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$STATE/pg-run -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c hba_file=$STATE/pg-run/pg_hba.conf -c unix_socket_directories=$STATE/pg-run -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
   start >/dev/null
 
 # Redis: daemonized, no persistence.

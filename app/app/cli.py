@@ -6,6 +6,7 @@ Every subcommand ends with one marker line that automation can match:
   create-admin  ->  "create-admin: created <email>" / "updated" / "no change"
                     (an existing non-admin account only with --promote; exit 1 without)
   check-config  ->  "check-config: ok (...)"        or "check-config: FAILED" (exit 1)
+  reencrypt-secrets -> "reencrypt-secrets: changed (...)" or "reencrypt-secrets: no change (...)"
 """
 
 from __future__ import annotations
@@ -138,6 +139,38 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reencrypt_secrets(args: argparse.Namespace) -> int:
+    """Provider API keys encrypted with a previous Fernet key, encrypted with ENCRYPTION_KEY."""
+    from cryptography.fernet import InvalidToken
+    from sqlalchemy import select
+
+    from app.db import Database
+    from app.models import Provider
+    from app.security import reencrypt_secret
+
+    settings = _settings("reencrypt-secrets")
+    db = Database(settings)
+    changed = current = lost = 0
+    try:
+        with db.session() as s:
+            for p in s.scalars(select(Provider).with_for_update()):
+                try:
+                    token = reencrypt_secret(p.api_key_encrypted, settings)
+                except InvalidToken:
+                    lost += 1  # encrypted with a key that is no longer configured
+                    continue
+                if token is None:
+                    current += 1
+                else:
+                    p.api_key_encrypted = token
+                    changed += 1
+    finally:
+        db.dispose()
+    summary = f"{changed} re-encrypted, {current} already current, {lost} undecryptable"
+    print(f"reencrypt-secrets: {'changed' if changed else 'no change'} ({summary})")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from app.config import production_problems
 
@@ -187,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--promote", action="store_true",
                    help="make an existing non-admin account an admin (refused without it)")
     p.set_defaults(func=cmd_create_admin)
+
+    p = sub.add_parser("reencrypt-secrets",
+                       help="encrypt stored provider keys with ENCRYPTION_KEY (after a key "
+                            "rotation; idempotent)")
+    p.set_defaults(func=cmd_reencrypt_secrets)
 
     p = sub.add_parser("check-config", help="validate settings (refuses unsafe production)")
     p.add_argument("--strict", action="store_true",

@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
     jwt_access_token_expire_minutes: int = Field(default=30, ge=1)
     encryption_key: SecretStr | None = None  # Fernet key for provider API keys
+    # Key rotation (playbooks/rotate_secrets.yml): earlier keys, comma-separated, still
+    # accepted while the new ones take over. Tokens signed with a previous JWT key stay
+    # valid until they expire; secrets encrypted with a previous Fernet key still decrypt
+    # (MultiFernet) until `ai-platform reencrypt-secrets` has re-encrypted them; a previous
+    # database password is tried when the current one is refused (the window between the
+    # app's new settings and the database's ALTER ROLE).
+    jwt_previous_secret_keys: SecretStr | None = None
+    encryption_previous_keys: SecretStr | None = None
+    database_previous_password: SecretStr | None = None
     # argon2id cost (RFC 9106 "low memory" profile by default)
     password_hash_time_cost: int = Field(default=3, ge=1)
     password_hash_memory_kib: int = Field(default=65_536, ge=8)
@@ -199,6 +208,16 @@ class Settings(BaseSettings):
         return key or self.secret_key.get_secret_value() or _dev_secret()
 
     @property
+    def jwt_keys(self) -> list[str]:
+        """The signing key first, then the previous keys still accepted."""
+        return [self.jwt_key, *_split(self.jwt_previous_secret_keys)]
+
+    @property
+    def fernet_keys(self) -> list[bytes]:
+        """The encrypting key first, then the previous keys that still decrypt."""
+        return [self.fernet_key, *(k.encode() for k in _split(self.encryption_previous_keys))]
+
+    @property
     def fernet_key(self) -> bytes:
         """The Fernet key; in development/test a key derived from SECRET_KEY if unset."""
         if self.encryption_key and self.encryption_key.get_secret_value():
@@ -220,6 +239,12 @@ class Settings(BaseSettings):
         if self.chroma_auth_header.lower() == "authorization":
             return {"Authorization": f"Bearer {token}"}
         return {self.chroma_auth_header: token}
+
+
+def _split(value: SecretStr | None) -> list[str]:
+    """Comma-separated secrets as a list (empty items dropped)."""
+    raw = value.get_secret_value() if value is not None else ""
+    return [k.strip() for k in raw.split(",") if k.strip()]
 
 
 def _dev_secret() -> str:
@@ -264,6 +289,10 @@ def production_problems(s: Settings) -> list[str]:
         problems.append(f"PASSWORD_HASH_MEMORY_KIB is below {MIN_PRODUCTION_HASH_MEMORY_KIB}")
     if s.jwt_secret_key is not None:
         problems.append(_secret_problem("JWT_SECRET_KEY", _secret(s.jwt_secret_key)))
+    problems += [_secret_problem("JWT_PREVIOUS_SECRET_KEYS", k)
+                 for k in _split(s.jwt_previous_secret_keys)]
+    problems += [_fernet_problem("ENCRYPTION_PREVIOUS_KEYS", k)
+                 for k in _split(s.encryption_previous_keys)]
     password = urlsplit(s.database_url.replace("+psycopg", "")).password
     if password is not None and _secret_problem("x", password) == "x is a placeholder value":
         problems.append("DATABASE_URL contains a placeholder password")

@@ -17,7 +17,7 @@ from functools import lru_cache
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from app.config import Settings
 
@@ -111,15 +111,24 @@ class InvalidTokenError(Exception):
     pass
 
 
+def _verified_claims(token: str, settings: Settings) -> dict:
+    """The claims of a token signed with the current key or a previous one (key rotation)."""
+    def decode(key: str) -> dict:
+        return jwt.decode(token, key, algorithms=[settings.jwt_algorithm],
+                          options={"require": ["exp", "iat", "sub"]})
+    *current_and_previous, last = settings.jwt_keys
+    for key in current_and_previous:
+        try:
+            return decode(key)
+        except jwt.InvalidSignatureError:
+            continue
+    return decode(last)
+
+
 def decode_access_token(token: str, settings: Settings) -> tuple[uuid.UUID, int]:
     """The user id and token version of a valid access token."""
     try:
-        claims = jwt.decode(
-            token,
-            settings.jwt_key,
-            algorithms=[settings.jwt_algorithm],
-            options={"require": ["exp", "iat", "sub"]},
-        )
+        claims = _verified_claims(token, settings)
         if claims.get("type") != "access":
             raise InvalidTokenError("not an access token")
         # Tokens of releases before token versions have no "ver": version 0, so they keep
@@ -146,8 +155,18 @@ def api_key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def fernet(settings: Settings) -> Fernet:
-    return Fernet(settings.fernet_key)
+def fernet(settings: Settings) -> MultiFernet:
+    """Encrypts with ENCRYPTION_KEY, decrypts with it or any of ENCRYPTION_PREVIOUS_KEYS."""
+    return MultiFernet([Fernet(k) for k in settings.fernet_keys])
+
+
+def reencrypt_secret(token: bytes, settings: Settings) -> bytes | None:
+    """The token encrypted with the current key; None when it already is (nothing to do)."""
+    try:
+        Fernet(settings.fernet_key).decrypt(token)
+        return None
+    except InvalidToken:
+        return fernet(settings).rotate(token)
 
 
 def encrypt_secret(value: str, settings: Settings) -> bytes:
