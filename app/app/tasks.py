@@ -37,6 +37,9 @@ celery_app.conf.update(
     task_reject_on_worker_lost=True,
     task_track_started=True,
     worker_prefetch_multiplier=1,
+    # A pool process that a task left above this resident size (KiB) is replaced after
+    # that task (big documents fragment the heap); None = never.
+    worker_max_memory_per_child=settings.worker_max_memory_per_child_kib or None,
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],

@@ -171,11 +171,13 @@ def test_oversized_and_concurrent_uploads(the_lab, record):
     token, project = the_lab.account()
     c = the_lab.client
     on(c, "head -c $((51 * 1024 * 1024)) /dev/zero | tr '\\0' 'a' > /tmp/drill-51m.txt; "
-          "python3 -c \"print('\\n\\n'.join('concurrent upload paragraph %d about turbines' % i for i in range(400)))\" > /tmp/drill-small.md")
+          "python3 -c \"print('\\n\\n'.join('concurrent upload paragraph %d about turbines' % i for i in range(400)))\" > /tmp/drill-small.md; "
+          # 100 different files: the app keeps one document per content (SHA-256) and project.
+          "for i in $(seq 100); do { cat /tmp/drill-small.md; echo \"copy $i\"; } > /tmp/drill-small-$i.md; done")
     status, body = the_lab.curl("POST", f"/api/v1/projects/{project}/documents", token, form_file="/tmp/drill-51m.txt")
     time.sleep(6)  # let the upload bucket refill
     out = on(c, f"for i in $(seq 100); do curl -s -o /dev/null -w '%{{http_code}}\\n' --cacert /tmp/drill-ca.crt "
-                f"-H 'Authorization: Bearer {token}' -F file=@/tmp/drill-small.md "
+                f"-H 'Authorization: Bearer {token}' -F file=@/tmp/drill-small-$i.md "
                 f"{the_lab.base}/api/v1/projects/{project}/documents & done; wait", timeout=600)
     codes: dict[str, int] = {}
     for line in out.split():
