@@ -122,6 +122,8 @@ if want lint; then
   stage yamllint "${fg[@]}" yamllint --strict .
   stage ansible-lint "${fg[@]}" ansible-lint --profile production
   stage syntax-check "${fg[@]}" ansible-playbook --syntax-check site.yml playbooks/*.yml
+  # Role READMEs' variable tables and the README's tags, generated from the code: no drift.
+  stage role-docs "${fg[@]}" python3 tests/role-docs.py --check
   # Alert rules: promtool check rules + promtool test rules (roles/monitoring/tests).
   stage promtool-rules "${fg[@]}" roles/monitoring/tests/promtool.sh
   # The benchmark report: results.md, the README's table and the numbers its prose quotes
