@@ -124,6 +124,19 @@ def test_check_mode_shows_a_pending_change_and_changes_nothing():
         lb.run(f"sed -i '/^# e2e: a pending change$/d' {conf}")
 
 
+def test_a_control_node_without_the_ca_refuses_to_make_one(tmp_path):
+    """A second control node (an empty CA folder) or another CA than the pinned one: the pki role stops, nothing changes."""
+    empty = tmp_path / "pki"
+    empty.mkdir()
+    rc, out = playbook(str(REPO / "site.yml"), "--tags", "database", "--limit", "e2e-db1", "-e", f"pki_ca_dir={empty}")
+    assert rc != 0 and "the hosts e2e-db1 already trust one" in folded(out), out[-2000:]
+    assert not (empty / "ca.key").exists() and recap(out)["e2e-db1"]["changed"] == 0, recap(out)
+    rc, out = playbook(str(REPO / "site.yml"), "--tags", "database", "--limit", "e2e-db1",
+                       "-e", "pki_ca_fingerprint=00:11:22:33")
+    assert rc != 0 and "the inventory pins 00:11:22:33" in folded(out), out[-2000:]
+    assert recap(out)["e2e-db1"]["changed"] == 0, recap(out)
+
+
 def _unit_invocations(names) -> dict[str, str]:
     out = {}
     for name in names:
