@@ -122,6 +122,13 @@ if want lint; then
   stage yamllint "${fg[@]}" yamllint --strict .
   stage ansible-lint "${fg[@]}" ansible-lint --profile production
   stage syntax-check "${fg[@]}" ansible-playbook --syntax-check site.yml playbooks/*.yml
+  # Role READMEs' variable tables and the README's tags, generated from the code: no drift.
+  stage role-docs "${fg[@]}" python3 tests/role-docs.py --check
+  # No task writes a secret into a file with its diff shown (--diff) or its arguments logged (-v).
+  stage secret-diffs "${fg[@]}" python3 tests/secret-diffs.py
+  # The RHEL-family path, as far as it runs here: every template rendered with EL 9 facts.
+  stage el9-render "${fg[@]}" ansible-playbook -i inventories/production.example tests/el9/render.yml \
+    -e @inventories/production.example/group_vars/all/main.yml -e @tests/el9/vault.yml
   # Alert rules: promtool check rules + promtool test rules (roles/monitoring/tests).
   stage promtool-rules "${fg[@]}" roles/monitoring/tests/promtool.sh
   # The benchmark report: results.md, the README's table and the numbers its prose quotes

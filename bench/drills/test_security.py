@@ -159,9 +159,9 @@ def test_no_secret_in_journals_or_world_readable_files(the_lab, record):
 
 
 def test_no_secret_in_a_verbose_site_run(the_lab, record):
-    """ansible-playbook -vv site.yml (an idempotent run: changed=0 on every host) prints no secret value."""
+    """ansible-playbook -vv --diff site.yml (an idempotent run: changed=0 on every host) prints no secret value."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    r = subprocess.run(["ansible-playbook", "-vv", "-i", str(INVENTORY), str(REPO / "site.yml")],
+    r = subprocess.run(["ansible-playbook", "-vv", "--diff", "-i", str(INVENTORY), str(REPO / "site.yml")],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=3600)
     out = r.stdout + r.stderr
     secrets = _secrets()

@@ -18,7 +18,9 @@ nothing is added to the machine's own network namespace and the machine's
     exec H -- CMD          run a command on a host
 
 The inventory is the source of truth: a host's address is its ``ansible_host``,
-its image ``lab_image`` (default debian12) and its network ``lab_network``.
+its image ``lab_image`` (default debian12) and its network ``lab_network``. A
+``private_address`` on another /24 puts the host on a second network too: the
+first one is then its management network (SSH, the default route).
 """
 from __future__ import annotations
 
@@ -413,6 +415,7 @@ def host_up(name: str, hv: dict) -> None:
                    *(["--cpu-shares", shares] if shares else []),
                    "--memory", str(hv.get("lab_memory", "2g")), image, check=False)
         if r.returncode == 0:
+            private_network(name, hv)
             return
         msg = (r.stderr or r.stdout or "").strip()
         print(f"lab: {name}: docker run failed (attempt {attempt}, exit {r.returncode}): {msg}",
@@ -420,6 +423,17 @@ def host_up(name: str, hv: dict) -> None:
         docker("rm", "-f", name, check=False)
         time.sleep(2 * attempt)
     sys.exit(f"lab: {name}: could not start the host: {msg}")
+
+
+def private_network(name: str, hv: dict) -> None:
+    """Attach the host to the network of its private_address when that is another /24."""
+    addr = hv.get("private_address", "")
+    prefix = ".".join(addr.split(".")[:3])
+    if not addr or prefix == ".".join(hv["ansible_host"].split(".")[:3]):
+        return
+    net = "lab-" + prefix.replace(".", "-")
+    ensure_network(net, prefix + ".0/24")
+    docker("network", "connect", "--ip", addr, net, name)
 
 
 def wait_ready(names: list[str], timeout: float = 300) -> None:
@@ -458,10 +472,12 @@ def prime_apt(names: list[str], tries: int = 3, timeout: int = 90) -> None:
 
 
 def load_spec(spec: str) -> dict[str, dict]:
-    """Hosts from a JSON list of {name, address, image, memory} (Molecule's platforms)."""
+    """Hosts from a JSON list of {name, address, image, memory, private_address} (Molecule's platforms)."""
     out = {}
     for p in json.loads(spec):
         hv = {"ansible_host": p["address"], "lab_image": p.get("image", "debian12")}
+        if "private_address" in p:
+            hv["private_address"] = p["private_address"]
         if "memory" in p:
             hv["lab_memory"] = p["memory"]
         out[p["name"]] = hv
@@ -491,6 +507,9 @@ def cmd_rm(args) -> None:
         cut = CACHE / "cut" / n
         nets.add(json.loads(cut.read_text())["net"] if cut.exists()
                  else container_ip_net(n, missing_ok=True)[0])
+        r = docker("inspect", "--format", "{{json .NetworkSettings.Networks}}", n, check=False)
+        if r.returncode == 0:
+            nets.update(json.loads(r.stdout) or {})  # a private network too
         docker("rm", "-f", "-v", n, check=False)
         cut.unlink(missing_ok=True)
     # The networks of these hosts that no host uses any more. Only theirs: test scenarios
