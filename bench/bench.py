@@ -998,7 +998,7 @@ from app.embeddings import Embedder, locate_model
 from app.indexing import index_document
 from app.models import Document, DocumentContent, DocumentStatus
 from app.textproc import chunk_text
-from app.vectorstore import get_vector_store
+from app.vectorset import get_vector_store
 s = get_settings()
 fill = s.model_copy(update={"chunk_size": cfg["chunk_size"], "chunk_overlap": 0})
 db, store = get_database(), get_vector_store(s)

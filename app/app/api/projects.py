@@ -13,7 +13,8 @@ from app.api.deps import CurrentUser, SessionDep, SettingsDep, owned_project
 from app.log import get_logger
 from app.models import Project
 from app.schemas import MAX_OFFSET, ProjectIn, ProjectOut, ProjectPatch
-from app.vectorstore import VectorStoreUnavailable, get_vector_store
+from app.vectorset import get_vector_store
+from app.vectorstore import VectorStoreUnavailable
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 log = get_logger("app.api.projects")

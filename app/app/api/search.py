@@ -25,11 +25,15 @@ from app.embeddings import ModelNotFound, get_embedder
 from app.log import get_logger
 from app.models import Document, DocumentStatus
 from app.schemas import AskIn, AskOut, SearchHit, SearchIn, SearchOut
-from app.vectorstore import Hit, VectorStoreUnavailable, get_vector_store
+from app.vectorset import get_vector_store
+from app.vectorstore import Hit, VectorStoreUnavailable
 
 router = APIRouter(prefix="/projects/{project_id}", tags=["search"])
 log = get_logger("app.api.search")
 SNIPPET_CHARS = 300
+# The 503 answer while no vector store server answers (uploads go on: app.tasks).
+SEARCH_UNAVAILABLE = ("search is temporarily unavailable: the vector store cannot be reached. "
+                      "Uploads are still accepted and are indexed when it is back.")
 
 
 def _snippet(text: str) -> str:
@@ -44,8 +48,8 @@ def _retrieve(session: Session, settings: Settings, project_id: uuid.UUID, query
         hits = get_vector_store(settings).search(str(project_id), vec, top_k)
     except VectorStoreUnavailable as exc:
         log.warning("search_unavailable", error=str(exc))
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            "vector store unavailable") from None
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, SEARCH_UNAVAILABLE,
+                            headers={"Retry-After": "30"}) from None
     except ModelNotFound as exc:
         log.error("embedding_model_missing", error=str(exc))
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
