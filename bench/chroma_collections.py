@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 
 import chromadb
-from chromadb.api.client import SharedSystemClient
 import numpy as np
+from chromadb.api.client import SharedSystemClient
 
 ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
 N = int(ARGS[0]) if ARGS else 1000
@@ -71,6 +71,7 @@ def rss_of(pid: int) -> float:
 
 def server() -> None:
     import socket
+
     from chromadb.config import Settings
     chroma = Path(sys.executable).with_name("chroma")
     with socket.socket() as sock:

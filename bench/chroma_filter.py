@@ -33,8 +33,11 @@ def bench(label, **kw):
     ts = []
     for _ in range(30):
         q = rng.standard_normal((1, 384)).astype(np.float32)
-        t = time.perf_counter(); col.query(query_embeddings=q, n_results=5, **kw); ts.append(time.perf_counter() - t)
-    ts.sort(); print(f"{label}: p50 {1000*ts[15]:.1f} ms p90 {1000*ts[27]:.1f} ms", flush=True)
+        t = time.perf_counter()
+        col.query(query_embeddings=q, n_results=5, **kw)
+        ts.append(time.perf_counter() - t)
+    ts.sort()
+    print(f"{label}: p50 {1000*ts[15]:.1f} ms p90 {1000*ts[27]:.1f} ms", flush=True)
 bench("no filter")
 bench("where project p1 (90%)", where={"project_id": "p1"})
 bench("where project p2 (10%)", where={"project_id": "p2"})

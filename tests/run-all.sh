@@ -47,7 +47,7 @@ fi
 # as early as the images allow. Most of a scenario's time is spent waiting on
 # apt, systemd and the network, not on the two cores.
 logs="$repo/.cache/test-logs"; mkdir -p "$logs"
-molecule_all() {  # prints its progress; one "name<TAB>seconds<TAB>result<TAB>why" line per scenario to $1
+molecule_all() {  # prints its progress; one "name<TAB>seconds<TAB>result<TAB>why" line per scenario to $1, their names to $2
   local out=$1 scen=() d s name why
   for d in roles/*/molecule/*/ molecule/*/; do
     [[ -f $d/molecule.yml ]] || continue
@@ -97,6 +97,8 @@ molecule_all() {  # prints its progress; one "name<TAB>seconds<TAB>result<TAB>wh
     done
   }
   echo "################ molecule (${#scen[@]} scenarios, $jobs_max at a time; logs in .cache/test-logs)"
+  # The scenarios this run owes a result for: the foreground checks each has one line in $out.
+  printf '%s\n' "${scen[@]}" >"$2"
   if ! python3 tests/lab/lab.py engine; then
     printf 'molecule:engine\t0\tFAILED\tthe lab engine did not start\n' >>"$out"; return
   fi
@@ -105,11 +107,12 @@ molecule_all() {  # prints its progress; one "name<TAB>seconds<TAB>result<TAB>wh
     run_one "$s" & pid_of[$s]=$!; start_of[$s]=$SECONDS
   done
   reap 1
+  return 0  # its caller reads any other status as the runner dying
 }
 if want molecule; then
-  mol_out="$logs/molecule-results.tsv"; : >"$mol_out"
+  mol_out="$logs/molecule-results.tsv" mol_planned="$logs/molecule-planned.txt"; : >"$mol_out"; : >"$mol_planned"
   echo; echo "################ molecule started in the background (its progress: .cache/test-logs/molecule-run.log)"
-  molecule_all "$mol_out" >"$logs/molecule-run.log" 2>&1 &
+  molecule_all "$mol_out" "$mol_planned" >"$logs/molecule-run.log" 2>&1 &
   mol_pid=$!
 fi
 
@@ -121,21 +124,35 @@ if want lint; then
   stage syntax-check "${fg[@]}" ansible-playbook --syntax-check site.yml playbooks/*.yml
   # Alert rules: promtool check rules + promtool test rules (roles/monitoring/tests).
   stage promtool-rules "${fg[@]}" roles/monitoring/tests/promtool.sh
+  # The benchmark report: results.md, the README's table and the numbers its prose quotes
+  # are what docs/bench/results.json gives (verdicts computed by bench/*.py rows()).
+  stage bench-report "${fg[@]}" python3 -m bench --check
 fi
 if want app && [[ -x tests/run-app-tests.sh ]]; then
   stage app-tests "${fg[@]}" tests/run-app-tests.sh -q
-  # The app's Python style (app/pyproject.toml [tool.ruff]), with the test venv's ruff.
-  stage app-ruff .cache/venv-app/bin/ruff check app
+  # The Python style of the app (app/pyproject.toml [tool.ruff]) and of the benchmarks and
+  # drills (bench/ruff.toml), with the test venv's ruff.
+  stage app-ruff .cache/venv-app/bin/ruff check app bench
 fi
 if want molecule; then
   echo; echo "################ molecule (waiting for the background run)"
-  wait "$mol_pid"
+  mol_rc=0; wait "$mol_pid" || mol_rc=$?
   cat "$logs/molecule-run.log"
   while IFS=$'\t' read -r n secs result reason; do
     names+=("$n"); times+=("$secs"); results+=("$result")
     if [[ $result == passed ]]; then passed=$((passed + 1))
     else failed=$((failed + 1)); reasons+=("$n: $reason"); fi
   done <"$mol_out"
+  # A runner that died (killed, out of memory, a bug) or skipped scenarios must not pass:
+  # every scenario it set out to run has its result line, and it ran at least one.
+  mol_bad() { names+=("$1"); times+=(0); results+=(FAILED); failed=$((failed + 1)); reasons+=("$1: $2"); }
+  ((mol_rc == 0)) || mol_bad molecule:runner "the background Molecule runner exited $mol_rc"
+  grep -q . "$mol_planned" || mol_bad molecule:runner "the background Molecule runner started no scenario"
+  while read -r s; do
+    [[ -n $s ]] || continue
+    grep -q "^molecule:$s"$'\t' "$mol_out" || mol_bad "molecule:$s" "no result: the background runner did not finish it"
+  done <"$mol_planned"
+  echo "molecule: $(grep -c . "$mol_planned") scenarios planned, $(grep -c . "$mol_out") results"
 fi
 want down && stage lab-down lab_down
 

@@ -41,21 +41,31 @@ install_packages() {
 }
 
 # ---------------------------------------------------------------- virtualenvs
-# (Re)build a venv only when the hash of its lock files changed.
+# A venv per hash of its lock files, under VENV.d/<hash>, with VENV a link to the one in
+# use: worktrees of branches with different locks share .cache and switch between their
+# venvs without rebuilding them. The three most recently used are kept.
 ensure_venv() {
   local venv=$1; shift
-  local stamp
-  stamp="$(cat "$@" | sha256sum | cut -d' ' -f1)"
-  if [[ -x "$venv/bin/python" && -f "$venv/.lock-stamp" && "$(cat "$venv/.lock-stamp")" == "$stamp" ]]; then
-    return 0
+  local stamp dir
+  stamp="$(cat "$@" | sha256sum | cut -c1-16)"
+  dir="$venv.d/$stamp"
+  if [[ ! -x "$dir/bin/python" || ! -f "$dir/.lock-stamp" ]]; then
+    log "building $dir"
+    rm -rf "$dir"
+    mkdir -p "$venv.d"
+    "$PYTHON" -m venv "$dir"
+    local args=()
+    for lock in "$@"; do args+=(-r "$lock"); done
+    "$dir/bin/pip" install -qq --disable-pip-version-check --no-deps "${args[@]}"
+    echo "$stamp" > "$dir/.lock-stamp"
   fi
-  log "building $venv"
-  rm -rf "$venv"
-  "$PYTHON" -m venv "$venv"
-  local args=()
-  for lock in "$@"; do args+=(-r "$lock"); done
-  "$venv/bin/pip" install -qq --disable-pip-version-check --no-deps "${args[@]}"
-  echo "$stamp" > "$venv/.lock-stamp"
+  touch "$dir/.lock-stamp"
+  if [[ -d "$venv" && ! -L "$venv" ]]; then rm -rf "$venv"; fi  # a venv of the old layout
+  ln -sfn "$dir" "$venv"
+  # shellcheck disable=SC2012
+  ls -1t "$venv.d"/*/.lock-stamp 2>/dev/null | tail -n +4 | while read -r old; do
+    rm -rf "$(dirname "$old")"
+  done
 }
 
 free_port() {
@@ -140,7 +150,11 @@ if [[ ! -f "$PGDATA/PG_VERSION" ]]; then
   as_postgres "$PG_BIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
 fi
 mkdir -p "$STATE/pg-run"
-[[ $EUID -eq 0 ]] && chown postgres: "$STATE/pg-run" "$PGDATA"
+# Trust, except for members of the role password_auth: their passwords are checked
+# (scram), for tests of what the app does when a password is refused.
+printf '%s\n' 'local all all trust' 'host all +password_auth 127.0.0.1/32 scram-sha-256' \
+  'host all all 127.0.0.1/32 trust' >"$STATE/pg-run/pg_hba.conf"
+[[ $EUID -eq 0 ]] && chown postgres: "$STATE/pg-run" "$STATE/pg-run/pg_hba.conf" "$PGDATA"
 if as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
   log "stopping a PostgreSQL left running by an earlier run"
   as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
@@ -148,7 +162,7 @@ fi
 PG_PORT="$(free_port)"
 PG_STARTED=1
 as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$STATE/pg-run/postgres.log" -w -t 60 \
-  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$STATE/pg-run -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c hba_file=$STATE/pg-run/pg_hba.conf -c unix_socket_directories=$STATE/pg-run -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
   start >/dev/null
 
 # Redis: daemonized, no persistence.

@@ -4,7 +4,9 @@ Every subcommand ends with one marker line that automation can match:
   migrate       ->  "migrate: changed (...)"        or "migrate: no change (...)"
   migrate-vectors -> "migrate-vectors: changed (...)" or "migrate-vectors: no change (...)"
   create-admin  ->  "create-admin: created <email>" / "updated" / "no change"
+                    (an existing non-admin account only with --promote; exit 1 without)
   check-config  ->  "check-config: ok (...)"        or "check-config: FAILED" (exit 1)
+  reencrypt-secrets -> "reencrypt-secrets: changed (...)" or "reencrypt-secrets: no change (...)"
 """
 
 from __future__ import annotations
@@ -115,6 +117,12 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
                            is_admin=True))
                 outcome = "created"
             else:
+                if not user.is_admin and not args.promote:
+                    # A self-registered account: making it an admin (and resetting its
+                    # password) must be a deliberate act, not a name collision.
+                    raise SystemExit(
+                        f"create-admin: {email} exists and is not an admin; add --promote "
+                        "to make it one (its password is reset and its sessions end)")
                 changed = False
                 if not user.is_admin or not user.is_active:
                     user.is_admin = user.is_active = True
@@ -122,10 +130,44 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
                 if not verify_password(user.password_hash, password):
                     user.password_hash = hash_password(password, settings)
                     changed = True
+                if changed:  # every token issued before stops working
+                    user.token_version += 1
                 outcome = "updated" if changed else "no change"
     finally:
         db.dispose()
     print(f"create-admin: {outcome} {email}")
+    return 0
+
+
+def cmd_reencrypt_secrets(args: argparse.Namespace) -> int:
+    """Provider API keys encrypted with a previous Fernet key, encrypted with ENCRYPTION_KEY."""
+    from cryptography.fernet import InvalidToken
+    from sqlalchemy import select
+
+    from app.db import Database
+    from app.models import Provider
+    from app.security import reencrypt_secret
+
+    settings = _settings("reencrypt-secrets")
+    db = Database(settings)
+    changed = current = lost = 0
+    try:
+        with db.session() as s:
+            for p in s.scalars(select(Provider).with_for_update()):
+                try:
+                    token = reencrypt_secret(p.api_key_encrypted, settings)
+                except InvalidToken:
+                    lost += 1  # encrypted with a key that is no longer configured
+                    continue
+                if token is None:
+                    current += 1
+                else:
+                    p.api_key_encrypted = token
+                    changed += 1
+    finally:
+        db.dispose()
+    summary = f"{changed} re-encrypted, {current} already current, {lost} undecryptable"
+    print(f"reencrypt-secrets: {'changed' if changed else 'no change'} ({summary})")
     return 0
 
 
@@ -175,7 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--password-file", help="file whose first line is the password")
     group.add_argument("--password-env", help="name of an environment variable with it")
+    p.add_argument("--promote", action="store_true",
+                   help="make an existing non-admin account an admin (refused without it)")
     p.set_defaults(func=cmd_create_admin)
+
+    p = sub.add_parser("reencrypt-secrets",
+                       help="encrypt stored provider keys with ENCRYPTION_KEY (after a key "
+                            "rotation; idempotent)")
+    p.set_defaults(func=cmd_reencrypt_secrets)
 
     p = sub.add_parser("check-config", help="validate settings (refuses unsafe production)")
     p.add_argument("--strict", action="store_true",

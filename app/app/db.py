@@ -1,4 +1,5 @@
-"""Engines and sessions: one primary engine, and an optional read-only one for search."""
+"""Engines and sessions: one primary engine, and an optional read-only one for search
+(only for data that may lag: never for authentication or access checks)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,43 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings, get_settings
 
 
 def make_engine(url: str, settings: Settings) -> Engine:
-    return create_engine(
+    return with_password_fallback(create_engine(
         url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
+        pool_timeout=settings.database_pool_timeout,  # then 503 + Retry-After (app.errors)
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"connect_timeout": settings.database_connect_timeout},
-    )
+    ), settings)
+
+
+def with_password_fallback(engine: Engine, settings: Settings) -> Engine:
+    """New connections that the server refuses with the URL's password try
+    DATABASE_PREVIOUS_PASSWORD (when set) once more: while a rotation rolls out,
+    the app runs with the new password before the database has it."""
+    if settings.database_previous_password is None:
+        return engine
+    previous = settings.database_previous_password.get_secret_value()
+    if not previous:
+        return engine
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect, _conn_rec, cargs, cparams):
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except dialect.loaded_dbapi.OperationalError as exc:
+            if "password authentication failed" not in str(exc):
+                raise
+            return dialect.connect(*cargs, **{**cparams, "password": previous})
+    return engine
 
 
 class Database:

@@ -1,11 +1,23 @@
 """What an upload is, judged from its bytes. The file name only picks a label among
-text kinds (markdown, code, plain) once the content is known to be text."""
+text kinds (markdown, html, code, plain) once the content is known to be text. ZIP
+archives are accepted only as DOCX, PPTX or XLSX (judged from their parts)."""
 
 from __future__ import annotations
 
 import codecs
+import zipfile
 from dataclasses import dataclass
 from pathlib import PurePath
+from typing import IO
+
+from app.officedocs import office_kind
+
+_OFFICE_TYPES = {
+    "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+}
+_HTML = {".html", ".htm", ".xhtml"}
 
 # Leading bytes of common binary formats we refuse outright.
 _BINARY_MAGIC: tuple[bytes, ...] = (
@@ -19,29 +31,48 @@ _CODE = {
     ".py", ".pyi", ".js", ".mjs", ".ts", ".tsx", ".jsx", ".java", ".kt", ".go", ".rs", ".c",
     ".h", ".cc", ".cpp", ".hpp", ".cs", ".rb", ".php", ".swift", ".scala", ".sh", ".bash",
     ".sql", ".r", ".jl", ".lua", ".pl", ".m", ".yaml", ".yml", ".toml", ".json", ".xml",
-    ".html", ".css", ".ipynb", ".tex", ".proto", ".dockerfile", ".ini", ".cfg",
+    ".css", ".ipynb", ".tex", ".proto", ".dockerfile", ".ini", ".cfg",
 }
 
 
 class UnsupportedType(Exception):
-    """The content is neither PDF nor UTF-8 text."""
+    """The content is none of PDF, DOCX, PPTX, XLSX or UTF-8 text."""
 
 
 @dataclass(frozen=True)
 class Detected:
-    kind: str  # pdf | markdown | code | text
+    kind: str  # pdf | docx | pptx | xlsx | html | markdown | code | text
     content_type: str
 
 
-def detect(head: bytes, data_is_utf8: bool, filename: str) -> Detected:
-    """Classify an upload from its first bytes and whether all of it decodes as UTF-8."""
+def _office(data: IO[bytes] | None) -> Detected | None:
+    if data is None:
+        return None
+    try:
+        data.seek(0)
+        with zipfile.ZipFile(data) as archive:
+            kind = office_kind(archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    return Detected(kind, _OFFICE_TYPES[kind]) if kind else None
+
+
+def detect(head: bytes, data_is_utf8: bool, filename: str,
+           data: IO[bytes] | None = None) -> Detected:
+    """Classify an upload from its first bytes, whether all of it decodes as UTF-8, and
+    (for ZIP archives) the names of its parts in ``data``."""
     if head.startswith(b"%PDF-"):
         return Detected("pdf", "application/pdf")
+    if head.startswith(b"PK\x03\x04") and (office := _office(data)) is not None:
+        return office
     if any(head.startswith(m) for m in _BINARY_MAGIC):
         raise UnsupportedType("binary file type is not supported")
     if not data_is_utf8:
         raise UnsupportedType("content is neither PDF nor UTF-8 text")
     suffix = PurePath(filename).suffix.lower()
+    lead = head.lstrip()[:15].lower()
+    if suffix in _HTML or lead.startswith((b"<!doctype html", b"<html")):
+        return Detected("html", "text/html; charset=utf-8")
     if suffix in _MARKDOWN:
         return Detected("markdown", "text/markdown; charset=utf-8")
     if suffix in _CODE:

@@ -21,6 +21,7 @@ from app.db import Database
 from app.embeddings import Embedder
 from app.log import get_logger
 from app.models import Document, DocumentContent, DocumentStatus, Project
+from app.officedocs import ZipLimits
 from app.textproc import ExtractionError, chunk_text, extract
 from app.vectorset import VectorStoreSet
 from app.vectorstore import VectorStore, VectorStoreUnavailable
@@ -71,6 +72,18 @@ def _index_locked(
             return "missing"
         if doc.status == DocumentStatus.ready:
             return "already-ready"
+        if doc.status == DocumentStatus.failed:
+            return "already-failed"  # a duplicate message; retry/reindex sets it pending
+        if doc.attempts >= max_attempts(settings):
+            # Each earlier run ended without a verdict: its worker was killed (out of
+            # memory, a crash in native code) and the message came back. A poison document
+            # would come back forever; stop here, before touching its bytes again.
+            doc.status = DocumentStatus.failed
+            doc.error = (f"gave up after {doc.attempts} indexing attempts: the worker "
+                         "stopped while indexing it (out of memory or a crash?)")
+            log.error("index_poison_document", document_id=str(document_id),
+                      attempts=doc.attempts)
+            return "failed"
         doc.status = DocumentStatus.indexing
         doc.attempts += 1
         doc.error = None
@@ -80,8 +93,10 @@ def _index_locked(
     if data is None:
         raise PermanentIndexingError("stored content is missing")
 
+    limits = ZipLimits(settings.max_archive_members, settings.max_archive_uncompressed_bytes,
+                       settings.max_archive_ratio)
     try:
-        extracted = extract(bytes(data), kind)
+        extracted = extract(bytes(data), kind, settings.max_extracted_chars, limits)
     except ExtractionError as exc:
         raise PermanentIndexingError(str(exc)) from exc
     chunks = chunk_text(extracted.text, settings.chunk_size, settings.chunk_overlap)
@@ -105,6 +120,20 @@ def _index_locked(
     return "ready"
 
 
+def max_attempts(settings: Settings) -> int:
+    """Runs a document gets in all: the first one and INDEX_MAX_RETRIES more."""
+    return settings.index_max_retries + 1
+
+
+def wait_for_vector_store(db: Database, document_id: uuid.UUID, reason: str) -> None:
+    """Pending again, attempts from zero: no vector store server answered any of its runs
+    (requeue_stuck queues it again; the outage does not count against its attempts)."""
+    with db.session() as s:
+        s.execute(update(Document).where(Document.id == document_id).values(
+            status=DocumentStatus.pending, attempts=0,
+            error=f"waiting for the vector store (indexed when it is back): {reason}"[:2000]))
+
+
 def set_status(db: Database, document_id: uuid.UUID, status: DocumentStatus,
                error: str | None) -> None:
     with db.session() as s:
@@ -118,19 +147,17 @@ class PurgeResult:
 
 
 def purge_documents(db: Database, store: VectorStoreSet, settings: Settings) -> PurgeResult:
-    """Delete uploads stuck (pending/indexing) or failed for longer than their retention."""
-    now = datetime.now(UTC)
-    stuck_before = now - timedelta(hours=settings.stuck_upload_retention_hours)
-    failed_before = now - timedelta(hours=settings.failed_upload_retention_hours)
+    """Delete failed uploads older than FAILED_UPLOAD_RETENTION_HOURS, with their vectors.
+
+    Pending or indexing documents are never purged, however old: a worker or broker
+    outage is what keeps them waiting, and requeue_stuck queues them again (a document
+    that keeps failing ends ``failed`` after its attempts, and is purged from there)."""
+    failed_before = datetime.now(UTC) - timedelta(hours=settings.failed_upload_retention_hours)
     with db.session() as s:
         rows = list(s.execute(
             delete(Document)
-            .where(
-                ((Document.status == DocumentStatus.failed)
-                 & (Document.updated_at < failed_before))
-                | (Document.status.in_([DocumentStatus.pending, DocumentStatus.indexing])
-                   & (Document.updated_at < stuck_before))
-            )
+            .where(Document.status == DocumentStatus.failed,
+                   Document.updated_at < failed_before)
             .returning(Document.id, Document.project_id)
         ))
     result = PurgeResult([str(r.id) for r in rows])

@@ -30,6 +30,14 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+def _redact_exception(_: Any, __: str,
+                      event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Tracebacks are rendered after _redact ran: redact their text too."""
+    if isinstance(event.get("exception"), str):
+        event["exception"] = redact_text(event["exception"])
+    return event
+
+
 _configured = False
 
 
@@ -54,6 +62,7 @@ def configure_logging(level: str = "INFO") -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            _redact_exception,
             structlog.processors.JSONRenderer(),
         ],
     )
@@ -82,17 +91,27 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.stdlib.get_logger(name)
 
 
+def _scrub_event(event: dict[str, Any], _hint: Any) -> dict[str, Any]:
+    """Sentry events: passwords in URLs and messages removed, like the logs."""
+    for exc in (event.get("exception") or {}).get("values") or []:
+        if isinstance(exc.get("value"), str):
+            exc["value"] = redact_text(exc["value"])
+    if isinstance(event.get("message"), str):
+        event["message"] = redact_text(event["message"])
+    return event
+
+
 def init_sentry(settings: Any) -> bool:
-    """Report errors to Sentry when SENTRY_DSN is set and the optional sentry-sdk is
-    installed (it is not in requirements.lock). Unset: nothing is imported, no network."""
+    """Report errors to Sentry when SENTRY_DSN is set (sentry-sdk is in requirements.lock).
+    Unset: the SDK is not even imported, and nothing is sent anywhere."""
     dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else ""
     if not dsn:
         return False
-    try:
-        import sentry_sdk  # type: ignore[import-not-found]
-    except ImportError:
-        get_logger("app.log").warning("sentry_sdk_missing",
-                                      hint="SENTRY_DSN is set but sentry-sdk is not installed")
-        return False
-    sentry_sdk.init(dsn=dsn, environment=settings.environment, send_default_pii=False)
+    import sentry_sdk
+
+    from app import __version__
+
+    sentry_sdk.init(dsn=dsn, environment=settings.environment, release=f"ai-platform@{__version__}",
+                    send_default_pii=False, include_local_variables=False,
+                    before_send=_scrub_event)
     return True

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import InterfaceError, OperationalError
+from fastapi import FastAPI
+from fastapi.responses import Response
 
-from app import __version__
-from app.api import auth, documents, health, projects, providers, search
+from app import __version__, errors
+from app.api import auth, documents, health, keys, projects, providers, search
 from app.config import Settings, get_settings
 from app.db import Database
 from app.log import configure_logging, get_logger, init_sentry
@@ -40,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
+        responses=errors.ERROR_RESPONSES,  # the one error model, on every route
     )
     app.state.settings = settings
     app.state.db = db
@@ -57,22 +57,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body, content_type = render(registry)
             return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
 
-    for router in (auth.router, auth.users_router, projects.router, documents.router,
-                   search.router, providers.router):
+    for router in (auth.router, auth.users_router, auth.admin_router, projects.router,
+                   documents.router, search.router, providers.router, keys.router):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(health.router)
     app.include_router(health.router, prefix=API_PREFIX, include_in_schema=False)
 
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(InterfaceError)
-    async def db_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        log.error("database_error", error=type(exc).__name__, path=request.url.path)
-        return JSONResponse({"detail": "database unavailable"}, status_code=503)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled_error", path=request.url.path)
-        return JSONResponse({"detail": "internal error"}, status_code=500)
+    errors.install(app)  # unhandled exceptions: app.middleware answers 500
 
     return app
 

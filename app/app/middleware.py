@@ -1,7 +1,9 @@
-"""Pure ASGI middleware (safe with streaming bodies): request ids, access log, metrics."""
+"""Pure ASGI middleware (safe with streaming bodies): request ids, access log, metrics,
+and the 500 answer for unhandled exceptions (in the error model, with X-Request-ID)."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -9,6 +11,7 @@ import uuid
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import error_body
 from app.log import get_logger
 from app.metrics import observe_request
 
@@ -33,10 +36,12 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         start = time.perf_counter()
         status = 500
+        started = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
+                started = True
                 status = message["status"]
                 elapsed = time.perf_counter() - start
                 headers = list(message.get("headers", []))
@@ -48,6 +53,16 @@ class RequestContextMiddleware:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # Details (redacted) to the log only; the client gets the request id to quote.
+            log.exception("unhandled_error", method=scope["method"], path=scope["path"])
+            if not started:
+                body = json.dumps(error_body(500, "internal_error", "internal error",
+                                             request_id)).encode()
+                await send_wrapper({"type": "http.response.start", "status": 500,
+                                    "headers": [(b"content-type", b"application/json"),
+                                                (b"content-length", str(len(body)).encode())]})
+                await send_wrapper({"type": "http.response.body", "body": body})
         finally:
             observe_request(scope, status, time.perf_counter() - start)
             log.info(

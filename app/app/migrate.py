@@ -32,7 +32,11 @@ def _url(cfg: Config) -> str:
 
 
 def current_revisions(cfg: Config) -> tuple[str, ...]:
-    engine = create_engine(_url(cfg), poolclass=pool.NullPool)
+    from app.config import get_settings
+    from app.db import with_password_fallback
+
+    engine = with_password_fallback(create_engine(_url(cfg), poolclass=pool.NullPool),
+                                    get_settings())
     try:
         with engine.connect() as conn:
             return tuple(MigrationContext.configure(conn).get_current_heads())

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
 # PostgreSQL text cannot hold NUL: refused with a 422 instead of failing at the INSERT.
 NO_NUL = r"^[^\x00]*$"
@@ -25,6 +25,23 @@ class Strict(BaseModel):
 class RegisterIn(Strict):
     email: EmailStr
     password: Password
+    invite_code: Annotated[str, Field(max_length=200)] | None = None  # REGISTRATION_MODE=invite
+
+
+class PasswordChangeIn(Strict):
+    current_password: Annotated[str, Field(min_length=1, max_length=1024)]
+    new_password: Password
+
+
+class InviteIn(Strict):
+    email: EmailStr | None = None  # only this address may use it
+    valid_days: Annotated[int, Field(ge=1, le=90)] = 7
+
+
+class InviteOut(BaseModel):
+    code: str
+    email: str | None
+    expires_at: datetime
 
 
 class LoginIn(Strict):
@@ -63,8 +80,41 @@ class ProjectOut(BaseModel):
     id: uuid.UUID
     name: str
     description: str | None
+    role: Literal["owner", "write", "read"] = "owner"  # the caller's role on it
     created_at: datetime
     updated_at: datetime
+
+
+class MemberIn(Strict):
+    email: EmailStr
+    role: Literal["read", "write"]
+
+
+class MemberOut(BaseModel):
+    user_id: uuid.UUID
+    email: str
+    role: Literal["read", "write"]
+    created_at: datetime
+
+
+class ApiKeyIn(Strict):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100,
+                                           pattern=NO_NUL)]
+
+
+class ApiKeyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str  # shown once: only its hash is stored
 
 
 class DocumentOut(BaseModel):
@@ -111,6 +161,8 @@ class AskIn(Strict):
                                                max_length=2000)]
     top_k: Annotated[int, Field(ge=1, le=20)] = 5
     provider_id: uuid.UUID | None = None
+    # true: text/event-stream (events: sources, token..., done) instead of one JSON body
+    stream: bool = False
 
 
 class AskOut(BaseModel):
@@ -124,7 +176,9 @@ class AskOut(BaseModel):
 class ProviderIn(Strict):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100,
                                            pattern=NO_NUL)]
-    base_url: AnyHttpUrl
+    # https, or http for a host on PROVIDER_HTTP_ALLOWLIST; no user, query or fragment
+    base_url: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                               max_length=500, pattern=r"^[\x21-\x7e]+$")]
     model: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
                                             max_length=200, pattern=NO_NUL)]
     # Sent as an HTTP header: visible ASCII only (anything else failed at the call, a 500).

@@ -38,6 +38,9 @@ celery_app.conf.update(
     task_reject_on_worker_lost=True,
     task_track_started=True,
     worker_prefetch_multiplier=1,
+    # A pool process that a task left above this resident size (KiB) is replaced after
+    # that task (big documents fragment the heap); None = never.
+    worker_max_memory_per_child=settings.worker_max_memory_per_child_kib or None,
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],
@@ -124,9 +127,13 @@ def index_document(self: Task, document_id: str) -> str:
                 exc, VectorStoreUnavailable):
             # No vector store server answers: the upload is kept and stays pending;
             # requeue_stuck queues it again until a server is back.
+            # Its attempts start again: an outage is not the document's fault, and the
+            # poison check (indexing.max_attempts) must not fail it once a server is back.
             log.error("index_waits_for_vector_store", document_id=document_id, reason=reason)
-            _try_set_status(doc_id, DocumentStatus.pending,
-                            f"waiting for the vector store (indexed when it is back): {reason}")
+            try:
+                indexing.wait_for_vector_store(db, doc_id, reason)
+            except SQLAlchemyError:
+                log.warning("status_update_failed", document_id=document_id)
             return "pending"
         if self.request.retries >= (self.max_retries or 0):
             log.error("index_gave_up", document_id=document_id, reason=reason)

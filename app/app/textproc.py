@@ -1,10 +1,18 @@
-"""Text extraction (plain text, PDF via pypdf) and overlapping chunking."""
+"""Text extraction (plain text, HTML, PDF via pypdf, DOCX/PPTX/XLSX via app.officedocs),
+bounded in length, and overlapping chunking."""
 
 from __future__ import annotations
 
 import io
 from bisect import bisect_right
 from dataclasses import dataclass
+
+from app.htmltext import html_text
+from app.officedocs import KINDS as OFFICE_KINDS
+from app.officedocs import OfficeError, ZipLimits, office_text
+
+DEFAULT_MAX_CHARS = 5_000_000
+DEFAULT_ZIP_LIMITS = ZipLimits(members=2000, uncompressed_bytes=200 * 1024 * 1024, ratio=100)
 
 
 class ExtractionError(Exception):
@@ -26,17 +34,34 @@ def _clean(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
 
 
-def extract(data: bytes, kind: str) -> Extracted:
+def _too_long(max_chars: int) -> ExtractionError:
+    return ExtractionError(f"extracted text exceeds {max_chars} characters (MAX_EXTRACTED_CHARS)")
+
+
+def extract(data: bytes, kind: str, max_chars: int = DEFAULT_MAX_CHARS,
+            zip_limits: ZipLimits = DEFAULT_ZIP_LIMITS) -> Extracted:
+    """The document's text, at most ``max_chars`` characters (else ExtractionError)."""
     if kind == "pdf":
-        return _extract_pdf(data)
-    text = data.decode("utf-8-sig", errors="replace")
-    text = _clean(text)
+        return _extract_pdf(data, max_chars)
+    if kind in OFFICE_KINDS.values():
+        try:
+            text = _clean(office_text(data, kind, zip_limits, max_chars))
+        except OfficeError as exc:
+            raise ExtractionError(f"unreadable {kind.upper()}: {exc}"[:500]) from exc
+    elif kind == "html":
+        text, too_long = html_text(data.decode("utf-8-sig", errors="replace"), max_chars)
+        if too_long:
+            raise _too_long(max_chars)
+    else:
+        text = _clean(data.decode("utf-8-sig", errors="replace"))
+    if len(text) > max_chars:
+        raise _too_long(max_chars)
     if not text.strip():
         raise ExtractionError("document contains no text")
     return Extracted(text)
 
 
-def _extract_pdf(data: bytes) -> Extracted:
+def _extract_pdf(data: bytes, max_chars: int) -> Extracted:
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
@@ -52,6 +77,8 @@ def _extract_pdf(data: bytes) -> Extracted:
             page_text = _clean(page.extract_text() or "").strip()
             parts.append(page_text)
             offset += len(page_text) + 2
+            if offset > max_chars:  # stop reading pages: the rest would be refused too
+                raise _too_long(max_chars)
     except ExtractionError:
         raise
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, OSError,

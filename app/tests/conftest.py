@@ -66,9 +66,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "PASSWORD_HASH_TIME_COST": "1",
         "PASSWORD_HASH_MEMORY_KIB": "1024",
         "PASSWORD_HASH_PARALLELISM": "1",
+        # The fake provider servers of the tests listen on loopback, reached as localhost.
+        "PROVIDER_HTTP_ALLOWLIST": "localhost",
+        "QUOTA_ASKS_PER_DAY": "0",
     })
     for var in ("DATABASE_READ_URL", "OPENAI_API_KEY", "DEEPSEEK_API_KEY", "JWT_SECRET_KEY",
-                "EMBEDDING_MODEL_DIR", "CHROMA_TOKEN"):
+                "EMBEDDING_MODEL_DIR", "CHROMA_TOKEN", "SENTRY_DSN", "REGISTRATION_MODE"):
         os.environ.pop(var, None)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     (STATE_DIR / "pids").mkdir(parents=True, exist_ok=True)

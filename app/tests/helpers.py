@@ -169,3 +169,89 @@ def free_port() -> int:
     port = int(s.getsockname()[1])
     s.close()
     return port
+
+
+class FakeLLM:
+    """An OpenAI-compatible chat endpoint: a real HTTP server on loopback, reached as
+    ``localhost`` (the tests' PROVIDER_HTTP_ALLOWLIST). It records what it receives.
+
+    answer: the reply text; stream: answer ``"stream": true`` requests as SSE chunks;
+    delay: seconds before answering; status: the HTTP status; body: raw bytes to send
+    instead of a chat completion."""
+
+    def __init__(self, answer: str = "ITER, in France [1].", delay: float = 0.0,
+                 status: int = 200, body: bytes | None = None) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "body": req,
+                                       "auth": self.headers.get("Authorization"),
+                                       "host": self.headers.get("Host")})
+                time.sleep(delay)
+                if req.get("stream") and body is None and status == 200:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for word in answer.split(" "):
+                        chunk = {"choices": [{"delta": {"content": word + " "}}]}
+                        self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self._chunk(b"data: [DONE]\n\n")
+                    self._chunk(b"")
+                    return
+                data = body if body is not None else json.dumps(
+                    {"choices": [{"message": {"role": "assistant", "content": answer}}]}
+                ).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://localhost:{self.port}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeLLM:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def add_provider(client: Any, user: dict[str, Any], url: str, **extra: Any) -> Any:
+    return client.post("/api/v1/providers", headers=user["headers"], json={
+        "name": extra.pop("name", "local"), "base_url": url, "model": "tiny-model",
+        "api_key": "sk-test-0123456789abcdef", **extra})
+
+
+def db_execute(sql: str, **params: Any) -> Any:
+    """One statement on the tests' database (committed); returns all rows."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(os.environ["DATABASE_URL"])
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(text(sql), params)
+            return result.all() if result.returns_rows else []
+    finally:
+        engine.dispose()

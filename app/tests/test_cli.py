@@ -18,11 +18,11 @@ def test_version() -> None:
 def test_migrate_reports_applied_then_no_change(fresh_db: str) -> None:
     first = run(["migrate"], db=fresh_db)
     assert first.returncode == 0, first.stderr
-    assert "applied 0001:" in first.stdout and "applied 0002:" in first.stdout
-    assert "migrate: changed (2 revision(s) applied, now at 0002)" in first.stdout
+    assert "applied 0001:" in first.stdout and "applied 0003:" in first.stdout
+    assert "migrate: changed (3 revision(s) applied, now at 0003)" in first.stdout
     second = run(["migrate"], db=fresh_db)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.strip() == "migrate: no change (already at 0002)"
+    assert second.stdout.strip() == "migrate: no change (already at 0003)"
 
 
 def test_migrate_from_earlier_revision(fresh_db: str) -> None:

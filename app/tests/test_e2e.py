@@ -3,20 +3,17 @@ upload -> indexed -> searchable -> ask; failures, deletes, worker death, mainten
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 import pytest
 from celery import Celery
-from helpers import Worker, insert_document, make_pdf, run_cli, upload, wait_for_status
+from helpers import FakeLLM, Worker, insert_document, make_pdf, run_cli, upload, wait_for_status
 from sqlalchemy import create_engine, text
 
 pytestmark = pytest.mark.e2e
@@ -135,43 +132,6 @@ def test_ask_extractive_without_provider(client: Any, corpus: dict[str, Any]) ->
     assert body["sources"][0]["filename"] == "fusion.md"
 
 
-class FakeLLM:
-    """An OpenAI-compatible chat endpoint on loopback that records what it receives."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append({"path": self.path, "body": body,
-                                       "auth": self.headers.get("Authorization")})
-                answer = {"choices": [{"message": {"role": "assistant",
-                                                   "content": "ITER, in France [1]."}}]}
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeLLM:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_ask_with_provider_and_fallback(client: Any, corpus: dict[str, Any], settings: Any,
                                         make_user_module: Any) -> None:
     p, u = corpus["project"], corpus["user"]
@@ -187,7 +147,7 @@ def test_ask_with_provider_and_fallback(client: Any, corpus: dict[str, Any], set
                           headers=u["headers"])
         assert ask.status_code == 200, ask.text
         body = ask.json()
-        assert body["mode"] == "generative" and body["answer"] == "ITER, in France [1]."
+        assert body["mode"] == "generative" and body["answer"].strip() == "ITER, in France [1]."
         assert body["provider"] == "local"
         sent = llm.requests[-1]
         assert sent["path"] == "/v1/chat/completions"
@@ -298,8 +258,8 @@ def test_retries_with_backoff_then_waits_for_the_vector_store(
         client: Any, settings: Any, user: dict[str, Any], project: dict[str, Any],
         dead_port: int, worker: Any) -> None:
     """A worker whose ChromaDB is unreachable retries, then leaves the document pending
-    (the upload is kept); once queued again to a worker that reaches ChromaDB (as
-    requeue_stuck does), it is indexed."""
+    with its attempts back at zero (the upload is kept); once queued again to a worker
+    that reaches ChromaDB (as requeue_stuck does), it is indexed."""
     broker1 = settings.broker_url.rsplit("/", 1)[0] + "/1"
     w = Worker("nochroma", {"CHROMA_URL": f"http://127.0.0.1:{dead_port}",
                             "CELERY_BROKER_URL": broker1, "CELERY_RESULT_BACKEND": broker1,
@@ -314,7 +274,8 @@ def test_retries_with_backoff_then_waits_for_the_vector_store(
         def waiting() -> dict[str, Any] | None:
             d = client.get(f"/api/v1/projects/{project['id']}/documents/{doc_id}",
                            headers=user["headers"]).json()
-            return d if d["status"] == "pending" and d["attempts"] == 3 and d["error"] \
+            # Its attempts start again: the outage does not count against them.
+            return d if d["status"] == "pending" and d["attempts"] == 0 and d["error"] \
                 and d["error"].startswith("waiting for the vector store") else None
         deadline = time.monotonic() + 90
         while not (done := waiting()):
@@ -583,19 +544,48 @@ def test_requeue_stuck_waits_out_a_scheduled_retry(project: dict[str, Any],
     db.engine.dispose()
 
 
-def test_purge_removes_stale_failed_and_stuck(client: Any, worker: Any, user: dict[str, Any],
-                                              project: dict[str, Any], settings: Any) -> None:
+def test_purge_removes_stale_failed_and_keeps_waiting_uploads(
+    client: Any, worker: Any, user: dict[str, Any], project: dict[str, Any], settings: Any,
+) -> None:
+    """Only failed uploads past their retention go: a document pending or indexing for
+    days (a worker or broker outage) is kept for requeue_stuck, however old."""
     from app.tasks import purge_documents
 
     old_failed = insert_document(settings, project["id"], b"x", "failed", age_hours=24 * 30)
-    old_stuck = insert_document(settings, project["id"], b"y", "indexing", age_hours=48)
+    old_pending = insert_document(settings, project["id"], b"y", "pending", age_hours=48)
+    old_indexing = insert_document(settings, project["id"], b"w", "indexing", age_hours=48)
     fresh_failed = insert_document(settings, project["id"], b"z", "failed", age_hours=1)
     result = purge_documents.delay().get(timeout=60)
-    assert result["deleted"] >= 2
+    assert result["deleted"] >= 1
     url = f"/api/v1/projects/{project['id']}/documents"
     assert client.get(f"{url}/{old_failed}", headers=user["headers"]).status_code == 404
-    assert client.get(f"{url}/{old_stuck}", headers=user["headers"]).status_code == 404
-    assert client.get(f"{url}/{fresh_failed}", headers=user["headers"]).status_code == 200
+    for kept in (old_pending, old_indexing, fresh_failed):
+        assert client.get(f"{url}/{kept}", headers=user["headers"]).status_code == 200
+
+
+def test_poison_document_fails_at_its_attempt_cap(
+    client: Any, worker: Any, user: dict[str, Any], project: dict[str, Any], settings: Any,
+) -> None:
+    """A document whose earlier runs all died with their worker (acks_late redelivers it)
+    is failed with the reason when the next run starts, not indexed a 7th time."""
+    from app.indexing import max_attempts
+
+    doc_id = insert_document(settings, project["id"], b"A document that kills workers.",
+                              status="indexing")
+    _set_attempts(settings, doc_id, max_attempts(settings))
+    sender = Celery(set_as_current=False)
+    with sender.connection_for_write(url=settings.broker_url) as conn:
+        sender.send_task("app.tasks.index_document", args=[doc_id], connection=conn)
+    done = wait_for_status(client, user, project["id"], doc_id, {"ready", "failed"}, timeout=60)
+    assert done["status"] == "failed", done
+    assert "gave up after" in done["error"] and done["attempts"] == max_attempts(settings)
+
+
+def test_worker_recycles_big_processes(settings: Any) -> None:
+    from app.tasks import celery_app
+
+    assert celery_app.conf.worker_max_memory_per_child == \
+        settings.worker_max_memory_per_child_kib > 0
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ def test_liveness_has_no_dependencies(client: Any) -> None:
 
 
 def test_health_all_ok(client: Any, worker: Any) -> None:
-    for path in ("/health", "/api/v1/health"):
+    for path in ("/health/details", "/api/v1/health/details"):
         r = client.get(path)
         assert r.status_code == 200, r.text
         body = r.json()
@@ -45,7 +45,8 @@ def broken_client(settings: Any, dead_port: int) -> Iterator[Any]:
 
 
 def test_health_503_when_dependencies_are_down(broken_client: Any) -> None:
-    r = broken_client.get("/health")
+    assert broken_client.get("/health").status_code == 503
+    r = broken_client.get("/health/details")
     assert r.status_code == 503
     body = r.json()
     assert body["status"] == "error"
@@ -63,7 +64,7 @@ def test_health_503_when_database_is_down(settings: Any, dead_port: int) -> None
 
     url = f"postgresql+psycopg://app:topsecretpw@127.0.0.1:{dead_port}/nope"
     with TestClient(create_app(settings.model_copy(update={"database_url": url}))) as c:
-        r = c.get("/health")
+        r = c.get("/health/details")
         assert r.status_code == 503
         assert r.json()["database"]["status"] == "error"
         assert "topsecretpw" not in r.text

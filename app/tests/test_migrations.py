@@ -38,7 +38,8 @@ def test_upgrade_from_clean(fresh_db: str) -> None:
     assert migrate.current_revisions(cfg) == (migrate.head_revision(cfg),)
     assert migrate.upgrade(cfg) == []  # idempotent
     tables = set(inspect(create_engine(fresh_db)).get_table_names())
-    assert {"users", "projects", "documents", "document_contents", "providers"} <= tables
+    assert {"users", "projects", "documents", "document_contents", "providers",
+            "project_members", "api_keys", "invites"} <= tables
 
 
 @pytest.mark.parametrize("start", _revisions()[:-1])
@@ -65,9 +66,13 @@ def test_upgrade_from_each_earlier_revision_keeps_data(fresh_db: str, start: str
     with engine.connect() as conn:
         row = conn.execute(text("SELECT status, attempts, indexed_at IS NOT NULL AS has_ts "
                                 "FROM documents WHERE id = :d"), {"d": did}).one()
+        version = conn.execute(text("SELECT token_version FROM users WHERE id = :u"),
+                               {"u": uid}).scalar_one()
         data = conn.execute(text("SELECT data FROM document_contents WHERE document_id = :d"),
                             {"d": did}).scalar_one()
-    assert row.status == "ready" and row.attempts == 0 and row.has_ts
+    assert row.status == "ready" and row.attempts == 0
+    assert row.has_ts == (start == "0001")  # 0002 stamps documents that were ready before it
+    assert version == 0  # existing accounts keep their tokens valid until they sign out
     assert bytes(data) == b"abc"
     engine.dispose()
 

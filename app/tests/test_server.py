@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 LIMIT = 100_000
+PIDS: dict[str, int] = {}
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +26,14 @@ def server(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     port = s.getsockname()[1]
     s.close()
     log = tmp_path_factory.mktemp("uvicorn") / "uvicorn.log"
-    env = {**os.environ, "MAX_FILE_SIZE": str(LIMIT)}
+    env = {**os.environ, "MAX_FILE_SIZE": str(LIMIT), "UPLOAD_CONCURRENCY": "1"}
     with log.open("wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
              "--port", str(port), "--workers", "1"], env=env, stdout=fh, stderr=subprocess.STDOUT)
     pidfile = Path(os.environ["AI_TEST_STATE_DIR"]) / "pids" / f"uvicorn-{proc.pid}.pid"
     pidfile.write_text(str(proc.pid))
+    PIDS["server"] = proc.pid
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -110,3 +112,67 @@ def test_413_on_real_socket(server: str) -> None:
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     listed = httpx.get(f"{server}{path}", headers=headers).json()
     assert listed == []
+
+
+def test_concurrent_uploads_are_bounded_per_process(server: str) -> None:
+    """UPLOAD_CONCURRENCY=1: while one upload is still arriving, the next is answered
+    503 with Retry-After before its body is read."""
+    headers, pid = _auth(server)
+    host, port = server.removeprefix("http://").split(":")
+    boundary = "slowBOUNDARY"
+    with socket.create_connection((host, int(port)), timeout=10) as slow:
+        slow.sendall((f"POST /api/v1/projects/{pid}/documents HTTP/1.1\r\nHost: x\r\n"
+                      f"Authorization: {headers['Authorization']}\r\n"
+                      f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                      f"Content-Length: 50000\r\n\r\n--{boundary}\r\n"
+                      "Content-Disposition: form-data; name=\"file\"; filename=\"s.txt\"\r\n\r\n"
+                      "slowly arriving ").encode())
+        time.sleep(1.0)  # the first upload is now inside the handler, waiting for bytes
+        r = httpx.post(f"{server}/api/v1/projects/{pid}/documents", headers=headers,
+                       files={"file": ("b.txt", b"second upload", "text/plain")}, timeout=10)
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] and r.json()["error"]["code"] == "uploads_busy"
+    time.sleep(0.5)
+    r = httpx.post(f"{server}/api/v1/projects/{pid}/documents", headers=headers,
+                   files={"file": ("c.txt", b"third upload", "text/plain")}, timeout=10)
+    assert r.status_code == 201, r.text
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_download_streams_from_postgresql(server: str) -> None:
+    """A 48 MiB document is downloaded whole, while the server's peak memory grows by far
+    less than the file: it is read from PostgreSQL in pieces, never held whole."""
+    import hashlib
+    import uuid as uuid_mod
+
+    from helpers import db_execute
+
+    headers, pid = _auth(server)
+    size = 48 * 1024 * 1024
+    data = os.urandom(1024 * 1024) * 48
+    doc_id = str(uuid_mod.uuid4())
+    db_execute("INSERT INTO documents (id, project_id, filename, content_type, kind, size_bytes,"
+               " sha256, status) VALUES (:i, :p, 'big.bin', 'text/plain', 'text', :n, 'x',"
+               " 'ready')", i=doc_id, p=pid, n=size)
+    db_execute("INSERT INTO document_contents (document_id, data) VALUES (:i, :d)",
+               i=doc_id, d=data)
+    expected = hashlib.sha256(data).hexdigest()
+    del data
+    before = _peak_rss_kib(PIDS["server"])
+    digest, got = hashlib.sha256(), 0
+    with httpx.stream("GET", f"{server}/api/v1/projects/{pid}/documents/{doc_id}/download",
+                      headers=headers, timeout=60) as r:
+        assert r.status_code == 200 and int(r.headers["content-length"]) == size
+        for chunk in r.iter_bytes(65536):
+            digest.update(chunk)
+            got += len(chunk)
+    grown_mib = (_peak_rss_kib(PIDS["server"]) - before) / 1024
+    assert got == size
+    assert digest.hexdigest() == expected
+    assert grown_mib < 24, f"peak RSS grew by {grown_mib:.0f} MiB for a 48 MiB download"

@@ -15,25 +15,25 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import bench  # noqa: E402  (bench/bench.py: the lab helpers the benchmarks use)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench import lab as benchlab  # bench/lab.py: the lab helpers the benchmarks use
 
-REPO, INVENTORY, LAB, OUT = bench.REPO, bench.INVENTORY, bench.LAB, bench.OUT
+REPO, INVENTORY, LAB, OUT = benchlab.REPO, benchlab.INVENTORY, benchlab.LAB, benchlab.OUT
 CA = "/tmp/drill-ca.crt"
 RESULTS: dict[str, dict] = {}
 
 
-lab = bench.lab
+lab = benchlab.lab
 
 
 def on(host: str, cmd: str, timeout: int = 600, check: bool = True) -> str:
-    """bench.on with the drills' default timeout."""
-    return bench.on(host, cmd, timeout, check)
+    """bench.lab.on with the drills' default timeout."""
+    return benchlab.on(host, cmd, timeout, check)
 
 
 class Lab:
     def __init__(self) -> None:
-        inv = bench.inventory(INVENTORY)
+        inv = benchlab.inventory(INVENTORY)
         self.inv = inv
         self.groups = {g: v.get("hosts", []) for g, v in inv.items() if g != "_meta"}
         self.addr = {h: v["ansible_host"] for h, v in inv["_meta"]["hostvars"].items()}
@@ -128,7 +128,7 @@ def pytest_runtest_makereport(item, call):
 def pytest_sessionfinish(session, exitstatus):
     if not RESULTS:
         return
-    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     path = OUT / "drills.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     drills = {**old.get("drills", {}), **RESULTS}

@@ -12,6 +12,8 @@ import pytest
 import yaml
 from conftest import INVENTORY, REPO, on
 
+from bench.lab import recap
+
 PORTS = [22, 80, 443, 5432, 6379, 6380, 8000, 8001, 9090, 9093, 9100, 9113, 9121, 9187, 19531, 19532]
 
 
@@ -157,7 +159,7 @@ def test_no_secret_in_journals_or_world_readable_files(the_lab, record):
 
 
 def test_no_secret_in_a_verbose_site_run(the_lab, record):
-    """ansible-playbook -vv site.yml (an idempotent run) prints no secret value."""
+    """ansible-playbook -vv site.yml (an idempotent run: changed=0 on every host) prints no secret value."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     r = subprocess.run(["ansible-playbook", "-vv", "-i", str(INVENTORY), str(REPO / "site.yml")],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=3600)
@@ -171,8 +173,14 @@ def test_no_secret_in_a_verbose_site_run(the_lab, record):
         masked = masked.replace(s, "********")
     (REPO / ".cache/test-logs").mkdir(parents=True, exist_ok=True)
     (REPO / ".cache/test-logs/drills-site-vv.log").write_text(masked)
-    changed = sum(int(m) for m in re.findall(r" changed=(\d+)", out))
-    record(output_bytes=len(out), rc=r.returncode, changed=changed, leaked=leaked or "none", leaked_in=where or "none")
+    hosts = recap(out)
+    changed = {h: ch for h, _, ch in hosts if ch}
+    record(output_bytes=len(out), rc=r.returncode, hosts=len(hosts), changed=changed or 0, leaked=leaked or "none",
+           leaked_in=where or "none")
     assert r.returncode == 0, out[-3000:]
     assert len(out) > 100_000, "suspiciously short -vv output"
     assert not leaked, leaked
+    # An idempotent run: the lab was deployed by site.yml, so nothing may change (else the run
+    # also printed whatever those changes logged, which the leak check above did not cover).
+    assert len(hosts) >= len(the_lab.hosts()) - 1, f"no recap for every host: {hosts}"
+    assert not changed, f"the -vv site.yml run changed something: {changed}"

@@ -10,8 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import bench
 from conftest import REPO, on
+
+from bench.lab import INVENTORY, app_run, run_playbook
 
 # The last commit whose app used the shared collection (where={"project_id": ...}).
 SHARED_COLLECTION_APP = "65385b4"
@@ -32,7 +33,7 @@ def _reconcile(host: str) -> dict:
     """beat's reconcile_vectors task, queued now, and its result."""
     script = ("import json\nfrom app.tasks import reconcile_vectors\n"
               "print('BENCH-RESULT ' + json.dumps(reconcile_vectors.delay().get(timeout=600)))\n")
-    return bench.app_run(host, script, {"name": "reconcile"}, "/tmp/drill-upgrade", timeout=900)
+    return app_run(host, script, {"name": "reconcile"}, "/tmp/drill-upgrade", timeout=900)
 
 
 def _top_hits(the_lab, token: str, project: str) -> dict[str, str]:
@@ -57,7 +58,7 @@ def test_upgrade_from_shared_collection(the_lab, record):
         archive = subprocess.run(["git", "-C", str(REPO), "archive", SHARED_COLLECTION_APP, "app"],
                                  check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
-        old_s, _ = bench.run_playbook(bench.INVENTORY, "playbooks/deploy.yml", "-e", f"app_source_dir={old / 'app'}")
+        old_s, _ = run_playbook(INVENTORY, "playbooks/deploy.yml", "-e", f"app_source_dir={old / 'app'}")
 
         # Documents indexed by the old release land in its shared collection.
         token, project = the_lab.account()
@@ -87,7 +88,7 @@ def test_upgrade_from_shared_collection(the_lab, record):
         chunks = sum(d["chunk_count"] for d in ready().values())
 
         # The new release: the deploy's migrate-vectors step copies; the shared collection stays.
-        new_s, out = bench.run_playbook(bench.INVENTORY, "playbooks/deploy.yml")
+        new_s, out = run_playbook(INVENTORY, "playbooks/deploy.yml")
         assert re.search(r"Copy the vectors of the shared Chroma collection[^\n]*\n[^\n]*\nchanged: \[", out), \
             "the first batch's migrate-vectors copied nothing"
         again = _manage(app, "migrate-vectors")

@@ -1,16 +1,19 @@
 """Answer providers (OpenAI-compatible endpoints). API keys are stored Fernet-encrypted
-(ENCRYPTION_KEY) and never returned; responses show only the key's last 4 characters."""
+(ENCRYPTION_KEY) and never returned; responses show only the key's last 4 characters.
+Base URLs are checked by app.outbound (https, public addresses; 422 otherwise)."""
 
 from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, Response, status
 from sqlalchemy import or_, select
 
 from app.api.deps import CurrentUser, SessionDep, SettingsDep
 from app.config import Settings
+from app.errors import ApiError, not_found
 from app.models import Provider
+from app.outbound import UnsafeURL, check_url
 from app.schemas import ProviderIn, ProviderOut
 from app.security import decrypt_secret, encrypt_secret
 
@@ -25,15 +28,20 @@ def _out(p: Provider, settings: Settings) -> ProviderOut:
                        shared=p.owner_id is None, api_key_hint=hint, created_at=p.created_at)
 
 
-@router.post("", response_model=ProviderOut, status_code=status.HTTP_201_CREATED,
-             responses={403: {"description": "only admins may add shared providers"}})
+@router.post("", response_model=ProviderOut, status_code=status.HTTP_201_CREATED)
 def create_provider(body: ProviderIn, user: CurrentUser, session: SessionDep,
                     settings: SettingsDep) -> ProviderOut:
+    """``base_url`` must be https (plain http only for hosts on PROVIDER_HTTP_ALLOWLIST),
+    with no user, query or fragment, and not a private or local address: else 422."""
     if body.shared and not user.is_admin:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "only admins may add shared providers")
+        raise ApiError(403, "admin_required", "only admins may add shared providers")
+    try:
+        target = check_url(body.base_url, settings.provider_http_allowlist)
+    except UnsafeURL as exc:
+        raise ApiError(422, "invalid_url", f"base_url: {exc}") from None
     p = Provider(
         owner_id=None if body.shared else user.id, name=body.name,
-        base_url=str(body.base_url).rstrip("/"), model=body.model,
+        base_url=target.url, model=body.model,
         api_key_encrypted=encrypt_secret(body.api_key, settings),
     )
     session.add(p)
@@ -57,8 +65,8 @@ def delete_provider(provider_id: uuid.UUID, user: CurrentUser,
                     session: SessionDep) -> Response:
     p = session.get(Provider, provider_id)
     if p is None or (p.owner_id is not None and p.owner_id != user.id):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "provider not found")
+        raise not_found("provider")
     if p.owner_id is None and not user.is_admin:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "only admins may delete shared providers")
+        raise ApiError(403, "admin_required", "only admins may delete shared providers")
     session.delete(p)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -32,7 +32,10 @@ def run_offline() -> None:
 
 
 def run_online() -> None:
-    engine = create_engine(_url(), poolclass=pool.NullPool)
+    from app.config import get_settings
+    from app.db import with_password_fallback
+
+    engine = with_password_fallback(create_engine(_url(), poolclass=pool.NullPool), get_settings())
     with engine.connect() as connection:
         connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_ID})
         connection.commit()

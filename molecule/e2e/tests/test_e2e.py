@@ -61,25 +61,29 @@ def curl(client, method: str, path: str, token: str | None = None, body=None,
 
 
 def test_health_green_with_every_component(client):
+    """The public /health says only ok; the details are on the app port (here asked
+    from the load balancer, which the firewall lets in) and refused through Nginx."""
     status, data = curl(client, "GET", "/health", expect=200)
-    assert data["status"] == "ok", data
+    assert data == {"status": "ok"}, data
+    curl(client, "GET", "/health/details", expect=404)
+    details = json.loads(host("e2e-lb").check_output("curl -s http://10.90.20.21:8000/health/details"))
     for part in ("api", "database", "redis", "celery", "chroma"):
-        assert data[part]["status"] == "ok", (part, data)
-    assert "timestamp" in data
+        assert details[part]["status"] == "ok", (part, details)
+    assert "timestamp" in details
 
 
-def test_register_upload_index_search_ask(client):
-    email = f"e2e-{uuid.uuid4().hex[:8]}@example.org"
+def _account_with_document(client, name: str, text: str) -> tuple[str, dict]:
+    """A new account with one project holding one indexed document: (token, project)."""
+    email = f"{name}-{uuid.uuid4().hex[:8]}@example.org"
     curl(client, "POST", "/api/v1/auth/register", body={"email": email, "password": "correct horse battery"},
          expect=201)
     _, tok = curl(client, "POST", "/api/v1/auth/login", body={"email": email, "password": "correct horse battery"},
                   expect=200)
     token = tok["access_token"]
-    _, project = curl(client, "POST", "/api/v1/projects", token, body={"name": "e2e"}, expect=201)
-    client.run("printf '# Reactor notes\\n\\nThe cooling loop of the prototype reactor uses heavy water "
-               "circulated by two redundant pumps.\\n\\nThe control rods are made of boron carbide.\\n' > /tmp/e2e.md")
+    _, project = curl(client, "POST", "/api/v1/projects", token, body={"name": name}, expect=201)
+    client.run(f"printf '{text}' > /tmp/{name}.md")
     _, doc = curl(client, "POST", f"/api/v1/projects/{project['id']}/documents", token,
-                  form_file="/tmp/e2e.md", expect=201)
+                  form_file=f"/tmp/{name}.md", expect=201)
     deadline = time.time() + 240
     while True:
         _, d = curl(client, "GET", f"/api/v1/projects/{project['id']}/documents/{doc['id']}", token, expect=200)
@@ -87,6 +91,13 @@ def test_register_upload_index_search_ask(client):
             break
         time.sleep(2)
     assert d["status"] == "ready", d
+    return token, project
+
+
+def test_register_upload_index_search_ask(client):
+    token, project = _account_with_document(
+        client, "e2e", "# Reactor notes\\n\\nThe cooling loop of the prototype reactor uses heavy water "
+        "circulated by two redundant pumps.\\n\\nThe control rods are made of boron carbide.\\n")
     _, found = curl(client, "POST", f"/api/v1/projects/{project['id']}/search", token,
                     body={"query": "what are the control rods made of", "top_k": 3}, expect=200)
     assert found["results"], found
@@ -206,3 +217,73 @@ def test_rolling_deploy_broken_release_rolled_back_then_rollback_playbook(client
     for name in APP_HOSTS:
         assert "/releases/1.0.0-" in _current_release(name), name
     curl(client, "GET", "/health", expect=200)
+
+
+FAKE_LLM = r'''
+import json, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+WORDS = "The control rods are made of boron carbide [1].".split()
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert req.get("stream") is True
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        def chunk(data):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data)); self.wfile.flush()
+        for w in WORDS:
+            chunk(("data: " + json.dumps({"choices": [{"delta": {"content": w + " "}}]}) + "\n\n").encode())
+            time.sleep(0.4)
+        chunk(b"data: [DONE]\n\n"); chunk(b"")
+    def log_message(self, *a): pass
+ThreadingHTTPServer(("0.0.0.0", 8089), H).serve_forever()
+'''
+
+READ_SSE = r'''
+import json, ssl, sys, time, urllib.request
+url, token, body = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+req = urllib.request.Request(url, data=body, method="POST", headers={
+    "Authorization": "Bearer " + token, "Content-Type": "application/json"})
+ctx = ssl.create_default_context(cafile="/tmp/e2e-ca.crt")
+start, events = time.monotonic(), []
+with urllib.request.urlopen(req, context=ctx, timeout=120) as resp:
+    kind = None
+    for raw in resp:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            events.append([round(time.monotonic() - start, 3), kind, json.loads(line[6:])])
+print(json.dumps({"type": resp.headers.get("Content-Type"), "events": events}))
+'''
+
+
+def test_ask_streams_through_nginx_unbuffered(client):
+    """/ask with stream=true through Nginx: the fake OpenAI-compatible provider on
+    e2e-client (on app_provider_http_allowlist) sends a word every 0.4 s; the client
+    receives them as they come (spread over seconds), not in one buffered lump."""
+    client.run("cat > /tmp/fake-llm.py <<'EOF'\n" + FAKE_LLM + "EOF")
+    client.run("cat > /tmp/read-sse.py <<'EOF'\n" + READ_SSE + "EOF")
+    client.run("setsid python3 /tmp/fake-llm.py >/tmp/fake-llm.log 2>&1 < /dev/null & echo $! > /tmp/fake-llm.pid")
+    try:
+        token, project = _account_with_document(
+            client, "sse", "The control rods of the prototype reactor are made of boron carbide.\\n")
+        curl(client, "POST", "/api/v1/providers", token, expect=201, body={
+            "name": "fake", "base_url": "http://10.90.20.99:8089/v1", "model": "m", "api_key": "sk-e2e-fake-key"})
+        body = json.dumps({"question": "What are the control rods made of?", "stream": True})
+        out = client.run(f"python3 /tmp/read-sse.py {BASE}/api/v1/projects/{project['id']}/ask {token} '{body}'")
+        assert out.rc == 0, out.stderr
+        got = json.loads(out.stdout)
+    finally:
+        client.run("kill $(cat /tmp/fake-llm.pid) || true")
+    assert got["type"].startswith("text/event-stream"), got
+    events = got["events"]
+    assert events[0][1] == "sources" and events[-1][1] == "done", events
+    assert events[-1][2]["mode"] == "generative", events[-1]
+    tokens = [e for e in events if e[1] == "token"]
+    assert "".join(e[2]["text"] for e in tokens).strip() == "The control rods are made of boron carbide [1]."
+    # Ten words 0.4 s apart: unbuffered, the first arrives seconds before the last.
+    assert tokens[-1][0] - tokens[0][0] > 1.5, tokens

@@ -2,19 +2,23 @@
 """Test backend for the nginx scenario (scaffolding, not a mock of nginx).
 
 A small HTTP/1.1 server with keep-alive, as an app server behind nginx:
-  GET  /health, /health/live  -> 200 {"status": "ok"}
+  GET  /health                -> 200 {"status": "ok", "hits": N} (N counts /health requests)
+  GET  /health/live           -> 200 {"status": "ok"}
   GET  anything else          -> 200 JSON: backend name, path, the peer's port and the
                                  headers nginx passed (/big... adds 8 KiB of padding)
-  POST anything               -> reads the whole body (Content-Length or chunked) and
+  POST .../ask               -> Server-Sent Events: 8 "token" events 0.3 s apart, then "done"
+  POST anything else          -> reads the whole body (Content-Length or chunked) and
                                  answers 200 {"length": N}
 Usage: nginx-test-backend ADDRESS PORT
 """
 import json
 import socket
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 NAME = socket.gethostname()
+HEALTH_HITS = [0]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -29,7 +33,11 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
-        if self.path in ("/health", "/health/live"):
+        if self.path == "/health":
+            HEALTH_HITS[0] += 1
+            self.send_json({"status": "ok", "hits": HEALTH_HITS[0]})
+            return
+        if self.path == "/health/live":
             self.send_json({"status": "ok"})
             return
         obj = {"backend": NAME, "path": self.path, "peer_port": self.client_address[1],
@@ -61,7 +69,26 @@ class Handler(BaseHTTPRequestHandler):
         return n
 
     def do_POST(self):
-        self.send_json({"backend": NAME, "path": self.path, "length": self.read_body()})
+        length = self.read_body()
+        if self.path.endswith("/ask"):
+            self.stream_events()
+            return
+        self.send_json({"backend": NAME, "path": self.path, "length": length})
+
+    def stream_events(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(9):
+            event = f"event: token\ndata: {json.dumps({'text': f'w{i} '})}\n\n" if i < 8 \
+                else 'event: done\ndata: {"mode": "generative"}\n\n'
+            data = event.encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+            time.sleep(0.3)
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
     def log_message(self, *args):
         pass

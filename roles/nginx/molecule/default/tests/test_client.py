@@ -201,3 +201,30 @@ def test_exempt_address_is_not_limited():
     assert api == ["200"] * 60, api
     uploads = lb.check_output("python3 -c %s POST %s 15", BURST_FROM_LB, UPLOAD).split()
     assert uploads == ["200"] * 15, uploads
+
+
+def test_streamed_answers_pass_unbuffered(client):
+    """The ask route's Server-Sent Events reach the client as the backend sends them
+    (9 events 0.3 s apart), not in one lump when the backend is done."""
+    resolve = f"--resolve {NAME}:443:{LB} --cacert {CA}"
+    out = client.run(f"curl -sSN {resolve} -X POST -H 'Content-Type: application/json' "
+                     f"-d '{{}}' {BASE}/api/v1/projects/p1/ask | "
+                     "while IFS= read -r line; do case $line in data:*) date +%s.%N;; esac; done")
+    assert out.rc == 0, out.stderr
+    times = [float(t) for t in out.stdout.split()]
+    assert len(times) == 9, out.stdout
+    assert times[-1] - times[0] > 1.2, times
+    status, h = headers_of(client, "/api/v1/projects/p1/ask", "-X", "POST", "-d", "{}")
+    assert status == 200 and h["content-type"].startswith("text/event-stream")
+
+
+def test_public_health_is_cached(client):
+    """20 requests to /health in one go reach the backend a few times at most (each
+    answer is cached nginx_health_cache_seconds); /health/details is not served."""
+    urls = " ".join([f"{BASE}/health"] * 20)
+    out = client.run(f"curl -sS --resolve {NAME}:443:{LB} --cacert {CA} -w '\\n' {urls}")
+    assert out.rc == 0, out.stderr
+    hits = [json.loads(line)["hits"] for line in out.stdout.splitlines() if line.strip()]
+    assert len(hits) == 20 and len(set(hits)) <= 5, hits
+    out = curl(client, "-o", "/dev/null", "-w", "%{http_code}", path="/health/details")
+    assert out.stdout == "404"

@@ -22,6 +22,13 @@ def test_host_certificate(host):
     assert "TLS Web Server Authentication" in text
 
 
+def test_certificate_not_due_for_renewal(host):
+    # side_effect.yml had put in a certificate expiring in five days; the role renewed it.
+    # pki_cert_renew_days is 30: the installed one must outlast that, with its full validity.
+    assert host.run(f"openssl x509 -in {CRT} -noout -checkend {31 * 86400}").rc == 0
+    assert host.run(f"openssl x509 -in {CRT} -noout -checkend {360 * 86400}").rc == 0
+
+
 def test_key_private_and_matching(host):
     key = host.file(KEY)
     assert key.user == "root" and key.group == "daemon" and key.mode == 0o640

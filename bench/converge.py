@@ -1,0 +1,84 @@
+"""converge: the first converge of site.yml on freshly booted hosts against its floor,
+the same `apt-get install` commands alone on the same fresh hosts."""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import threading
+import time
+
+from bench.lab import REPO, Lab, cpu_run, drop_ssh_masters, log, on, remote_script
+from bench.lab import lab as lab_tool
+from bench.report import Row
+
+NAME = "converge"
+
+
+def measure(lab: Lab) -> dict:
+    """#1 of issue 8: the first converge of site.yml on freshly booted hosts (apt cache
+    warm: the lab's relay) against its floor, the bare `apt-get install` of the same
+    packages on the same fresh hosts. The packages: every `apt-get install` command
+    line that site.yml ran, read from /var/log/apt/history.log of the converged
+    lab, replayed in order with the same options and versions. All hosts at once, as
+    Ansible runs them, so the floor is the slowest host. The lab is booted fresh twice
+    (lab.py rm + up): for the floor, then for the converge, which leaves it deployed
+    for the other sections. Facts cache and SSH connections start empty."""
+    hosts = sorted(lab.addr)
+    installs = {}
+    for h in hosts:
+        hist = on(h, "cat /var/log/apt/history.log 2>/dev/null", check=False)
+        installs[h] = [re.sub(r"^/usr/bin/", "", m) for m in re.findall(r"^Commandline: (\S*apt-get .* install .*)$", hist, re.M)]
+    out: dict = {"transactions": {h: len(v) for h, v in installs.items()}}
+
+    def fresh() -> float:
+        drop_ssh_masters()
+        t = time.monotonic()
+        lab_tool("rm", *hosts)
+        lab_tool("up", "-i", str(lab.args.inventory), timeout=1800)
+        return round(time.monotonic() - t, 1)
+
+    out["boot_s"] = fresh()
+    floor = {}
+    script = remote_script("apt_floor.py")
+
+    def replay(h: str) -> None:
+        floor[h] = json.loads(on(h, f"python3 -c {shlex.quote(script)} {shlex.quote(json.dumps(installs[h]))}",
+                                 timeout=3600).strip().splitlines()[-1])
+    t = time.monotonic()
+    threads = [threading.Thread(target=replay, args=(h,)) for h in hosts if installs[h]]
+    for x in threads:
+        x.start()
+    for x in threads:
+        x.join()
+    out["floor_wall_s"] = round(time.monotonic() - t, 1)
+    out["floor_per_host"] = floor
+    out["floor_s"] = max(f["seconds"] for f in floor.values())
+    failed = {h: f["failed"] for h, f in floor.items() if f["failed"]}
+    log(f"converge: apt floor {out['floor_s']} s (slowest host; wall {out['floor_wall_s']} s)"
+        + (f", failed: {failed}" if failed else ""))
+    out["boot_again_s"] = fresh()
+    shutil.rmtree(REPO / ".cache/ansible-facts", ignore_errors=True)
+    cpu, stdout = cpu_run(lab.args.inventory, "site.yml")
+    out["first_converge_s"], out["first_converge_cpu"] = cpu["seconds"], cpu
+    recap = stdout[stdout.rfind("TASKS RECAP"):].splitlines()[3:13]
+    out["slowest_tasks"] = [re.sub(r"\s*-{3,}\s*", " ", x).strip() for x in recap if x.strip()]
+    out["ratio_vs_floor"] = out["first_converge_s"] / out["floor_s"]
+    log(f"converge: first converge {out['first_converge_s']} s = {out['ratio_vs_floor']:.2f}x the apt floor")
+    return out
+
+
+def rows(res: dict) -> list[Row]:
+    c = res.get(NAME)
+    if not c:
+        return []
+    out = [Row(f"first converge of site.yml on the {len(c['transactions'])} freshly booted lab hosts (warm apt cache) vs the floor: "
+               "the same `apt-get install` commands alone on the same fresh hosts (slowest host)", "≤ 1.5×",
+               f"{c['first_converge_s']:.0f} s vs {c['floor_s']:.0f} s = {c['ratio_vs_floor']:.2f}×", c["ratio_vs_floor"] <= 1.5)]
+    cc = c.get("first_converge_cpu", {})
+    if "cpu_floor_s" in cc:
+        out.append(Row("where the first converge's time goes (as for the re-run below)", "reported",
+                    f"control node {cc['control_cpu_s']:.0f} CPU-s + hosts {cc['hosts_cpu_s']:.0f} CPU-s for "
+                    f"{cc['host_task_results']} task results; floor {cc['cpu_floor_s']:.0f} s vs {cc['seconds']:.0f} s measured"))
+    return out

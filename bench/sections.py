@@ -1,0 +1,14 @@
+"""The benchmark sections. Each is a module with NAME, measure(lab) -> dict (its part of
+results.json), rows(results) -> the table's rows it owns (from the whole results, so a row
+may compare with another section's numbers), and optionally options(argparse parser).
+A new section: its module, then its place in RUN and TABLE below."""
+from __future__ import annotations
+
+from bench import converge, database, deploy, failover, indexing, memory, ratelimits, release, serving
+
+# A whole `make bench`, in this order: converge boots the lab fresh and leaves it deployed;
+# memory comes after the sections that warm the services up.
+RUN = [converge, serving, ratelimits, failover, memory, deploy, release, indexing, database]
+# The order of the results table.
+TABLE = [serving, ratelimits, converge, deploy, release, memory, database, failover, indexing]
+BY_NAME = {s.NAME: s for s in RUN}
