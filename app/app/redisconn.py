@@ -12,6 +12,7 @@ connection that fails or lands on a demoted primary is made again to the new pri
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -45,15 +46,14 @@ def sentinel_parts(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     return hosts, login
 
 
-def sentinel_kwargs(settings: Settings, timeout: float | None = None) -> dict[str, Any]:
-    """How to log in to the sentinels themselves."""
-    kwargs: dict[str, Any] = {}
+def sentinel_kwargs(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
+    """How to log in to the sentinels themselves. A sentinel whose host is down must not
+    hold a client up for the kernel's connect timeout: the next one is asked instead."""
+    kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if settings.redis_sentinel_username:
         kwargs["username"] = settings.redis_sentinel_username
     if settings.redis_sentinel_password:
         kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
-    if timeout is not None:
-        kwargs["socket_timeout"] = kwargs["socket_connect_timeout"] = timeout
     return kwargs
 
 
@@ -77,6 +77,7 @@ def client(url: str, master: str, settings: Settings, timeout: float) -> redis.R
 BEAT_KEY_PREFIX = "redbeat:"
 BEAT_LOCK_KEY = BEAT_KEY_PREFIX + ":lock"  # RedBeat's lock: <prefix>:lock
 BEAT_SOCKET_TIMEOUT = 5.0  # a primary that died without closing its sockets
+KEEPALIVE = {socket.TCP_KEEPIDLE: 10, socket.TCP_KEEPINTVL: 5, socket.TCP_KEEPCNT: 3}
 
 
 def celery_conf(settings: Settings) -> dict[str, Any]:
@@ -90,11 +91,19 @@ def celery_conf(settings: Settings) -> dict[str, Any]:
     sending anything (systemd starts it again as a standby)."""
     broker, results = settings.broker_url, settings.result_backend
     master = settings.redis_sentinel_broker_master
-    visibility = {"visibility_timeout": settings.celery_visibility_timeout}
+    # A primary whose host died answers nothing, not even a reset: without timeouts a
+    # publish or the worker's BRPOP would wait on its socket for good. Keepalive probes
+    # find a dead peer of an idle connection in about 25 s.
+    sockets = {"visibility_timeout": settings.celery_visibility_timeout,
+               "socket_timeout": BEAT_SOCKET_TIMEOUT, "socket_connect_timeout": 3.0,
+               "socket_keepalive": True, "socket_keepalive_options": KEEPALIVE}
     conf: dict[str, Any] = {
-        "broker_transport_options": visibility | transport_options(settings, broker, master),
-        "result_backend_transport_options": visibility | transport_options(settings, results,
-                                                                            master),
+        "broker_transport_options": sockets | transport_options(settings, broker, master),
+        "result_backend_transport_options": sockets | transport_options(settings, results,
+                                                                         master),
+        "redis_socket_timeout": BEAT_SOCKET_TIMEOUT,
+        "redis_socket_connect_timeout": 3.0,
+        "redis_socket_keepalive": True,
         "beat_scheduler": "redbeat.RedBeatScheduler",
         "beat_max_loop_interval": settings.beat_max_loop_interval_seconds,
         "redbeat_key_prefix": BEAT_KEY_PREFIX,

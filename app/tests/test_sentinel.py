@@ -59,7 +59,14 @@ class SentinelSet:
             f"sentinel down-after-milliseconds {MASTER} 2000",
             f"sentinel failover-timeout {MASTER} 5000", ""]))
         self._start("sentinel", [str(conf), "--sentinel"])
-        _wait("sentinel knows the replica", lambda: self.sentinel_cli().sentinel_slaves(MASTER), 30)
+        self.wait_replica_ready()
+
+    def wait_replica_ready(self) -> None:
+        """Until the sentinel sees a replica it could promote (up, linked to its primary)."""
+        def ready() -> bool:
+            return any(r.get("flags") == "slave" and r.get("master-link-status") == "ok"
+                       for r in self.sentinel_cli().sentinel_slaves(MASTER))
+        _wait("the sentinel sees a replica it could promote", ready, 60)
 
     def _start(self, name: str, args: list[str]) -> None:
         log = (self.folder / f"{name}.log").open("wb")
@@ -83,6 +90,7 @@ class SentinelSet:
     def failover(self) -> int:
         """SENTINEL FAILOVER; the new primary's port once it runs as primary."""
         old = self.primary_port()
+        self.wait_replica_ready()
         assert self.sentinel_cli().sentinel_failover(MASTER)
         new_port = 0
 
@@ -136,7 +144,9 @@ def test_sentinel_urls_are_parsed_and_passed_to_celery(sentinel_settings: Any) -
     conf = redisconn.celery_conf(sentinel_settings)
     for key in ("broker_transport_options", "result_backend_transport_options"):
         assert conf[key]["master_name"] == MASTER
-        assert conf[key]["sentinel_kwargs"] == {"password": SENTINEL_PASSWORD}
+        assert conf[key]["sentinel_kwargs"] == {
+            "password": SENTINEL_PASSWORD, "socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+        assert conf[key]["socket_timeout"] == 5.0 and conf[key]["socket_keepalive"] is True
         assert conf[key]["visibility_timeout"] == sentinel_settings.celery_visibility_timeout
     assert conf["redbeat_redis_url"] == "redis-sentinel://"
     assert conf["redbeat_redis_options"]["service_name"] == MASTER

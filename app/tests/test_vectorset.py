@@ -157,7 +157,8 @@ def test_no_server_search_answers_503_and_uploads_are_still_taken(
         r = c.post(f"/api/v1/projects/{project['id']}/search", json={"query": "lava"},
                    headers=user["headers"])
         assert r.status_code == 503, r.text
-        assert r.json()["detail"] == SEARCH_UNAVAILABLE
+        assert r.json()["error"]["message"] == SEARCH_UNAVAILABLE
+        assert r.json()["error"]["code"] == "vector_store_unavailable"
         assert r.headers["Retry-After"] == "30"
         r = upload(c, user, project["id"], "later.txt", b"Indexed when a vector store is back.")
         assert r.status_code == 201, r.text
