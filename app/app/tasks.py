@@ -185,9 +185,10 @@ def reconcile_vectors() -> dict[str, int]:
 @celery_app.task(name="app.tasks.catch_up_vectors")
 def catch_up_vectors() -> dict[str, int]:
     """Reconcile now when a vector store server that missed writes answers again
-    (app.vectorset); nothing to do (one read of Redis) while every server is in step."""
+    (app.vectorset), or when one holds fewer collections than the others (a host
+    replaced by an empty one); with every server in step, a few cheap reads."""
     store = _store()
-    behind = store.behind.get(fresh=True) if len(store.servers) > 1 else {}
+    behind = store.mark_short_servers() if len(store.servers) > 1 else {}
     back = []
     for server in store.servers:
         if server.url in behind:

@@ -174,6 +174,28 @@ class VectorStoreSet:
     def search(self, project_id: str, query: np.ndarray, top_k: int) -> list[Hit]:
         return list(self._read(lambda s: s.search(project_id, query, top_k)))
 
+    def mark_short_servers(self) -> dict[str, float]:
+        """Mark behind a server that answers but holds no project collection at all while
+        another holds some: a host replaced by an empty one, which nothing marked (it
+        missed no write, it did not exist). A server restored from an older backup is
+        found by reconcile's counts instead. The servers behind now, by URL."""
+        counts = {}
+        for server in self.servers:
+            try:
+                server.heartbeat(self.settings.health_timeout_seconds)
+                counts[server.url] = len(server.projects())
+            except VectorStoreUnavailable:
+                continue
+        behind = self.behind.get(fresh=True) if len(self.servers) > 1 else {}
+        if len(counts) > 1:
+            most = max(counts.values())
+            short = [u for u, n in counts.items() if n == 0 < most and u not in behind]
+            if short:
+                log.warning("vector_server_short", servers=short, collections=counts)
+                self.behind.mark(short)
+                behind = self.behind.get(fresh=True)
+        return behind
+
     def migrate_legacy(self, *, delete: bool) -> LegacyMigration:
         """The shared collection of an earlier release moved on every server that answers
         (one that does not is marked behind: reconcile moves it there later)."""

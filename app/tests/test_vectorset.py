@@ -163,3 +163,30 @@ def test_no_server_search_answers_503_and_uploads_are_still_taken(
         r = upload(c, user, project["id"], "later.txt", b"Indexed when a vector store is back.")
         assert r.status_code == 201, r.text
         assert r.json()["status"] == "pending"
+
+
+def test_an_empty_server_in_place_of_a_lost_one_is_read_last_and_filled(
+    both: Any, second: Chroma, project: dict[str, Any], tmp_path: Path,
+) -> None:
+    """A vector host replaced by a new, empty one: beat's catch-up sees it holds fewer
+    collections, marks it behind (reads avoid it), and reconcile fills it by copy."""
+    from app import indexing
+    from app.db import get_database
+    from app.vectorset import VectorStoreSet
+
+    settings, store = both
+    doc = _index(store, settings, project, "Pumice floats because gas bubbles fill it.")
+    fresh = Chroma(tmp_path)
+    fresh.start()
+    try:
+        three = settings.model_copy(update={"chroma_url": f"{settings.chroma_url},{fresh.url}"})
+        trio = VectorStoreSet(three)
+        assert fresh.url in trio.mark_short_servers()
+        assert trio.ordered()[-1].url == fresh.url
+        result = indexing.reconcile(get_database(), trio, three)
+        assert result.copied >= 1 and result.unreachable == []
+        assert trio.servers[-1].count_document(project["id"], doc) >= 1
+        assert trio.behind.get(fresh=True) == {}  # reconcile put it in step
+        assert trio.mark_short_servers() == {}
+    finally:
+        fresh.stop()
