@@ -196,6 +196,7 @@ done
 export AI_TEST_PG_ADMIN_URL="postgresql+psycopg://postgres@127.0.0.1:$PG_PORT/postgres"
 export AI_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export AI_TEST_CHROMA_URL="http://127.0.0.1:$CHROMA_PORT"
+export AI_TEST_CHROMA_BIN="$CHROMA_VENV/bin/chroma"  # a second server (test_vectorset.py)
 export AI_TEST_STATE_DIR="$STATE"
 log "postgres :$PG_PORT  redis :$REDIS_PORT  chroma :$CHROMA_PORT  (logs under $STATE)"
 

@@ -56,12 +56,25 @@ class Settings(BaseSettings):
     index_retry_backoff_seconds: float = Field(default=5.0, gt=0)
     index_retry_backoff_max_seconds: float = Field(default=300.0, gt=0)
     reconcile_interval_seconds: int = Field(default=900, ge=10)
+    # How often beat looks for a vector store server back from an outage (app.vectorset).
+    vector_catchup_interval_seconds: int = Field(default=60, ge=10)
     purge_interval_seconds: int = Field(default=3600, ge=10)
     failed_upload_retention_hours: float = Field(default=168.0, gt=0)
     # Documents pending/indexing this long with no worker on them are queued again
     # (checked every requeue_interval_seconds by beat's requeue_stuck task).
     stuck_requeue_after_minutes: float = Field(default=2.0, gt=0)
     requeue_interval_seconds: int = Field(default=60, ge=10)
+    # Redis Sentinel (app.redisconn): with sentinel:// URLs above, the names of the
+    # primaries the sentinels watch, and the login to the sentinels themselves.
+    redis_sentinel_broker_master: str = "broker"
+    redis_sentinel_cache_master: str = "cache"
+    redis_sentinel_username: str | None = None
+    redis_sentinel_password: SecretStr | None = None
+    # Celery beat (RedBeat, app.redisconn.celery_conf): every scheduler host runs beat,
+    # the holder of the lock sends the tasks; it renews the lock at least every
+    # BEAT_MAX_LOOP_INTERVAL_SECONDS, a standby takes over once it expires.
+    beat_max_loop_interval_seconds: int = Field(default=5, ge=1)
+    beat_lock_timeout_seconds: int = Field(default=30, ge=3)
     # A worker process is replaced after a task that left it above this resident memory
     # (KiB; Celery's worker_max_memory_per_child); 0 = never.
     worker_max_memory_per_child_kib: int = Field(default=1_572_864, ge=0)
@@ -138,7 +151,8 @@ class Settings(BaseSettings):
     embedding_batch_size: int = Field(default=8, ge=1)
     embedding_threads: int = Field(default=1, ge=0)  # 0 = onnxruntime default (all cores)
 
-    # ChromaDB server
+    # ChromaDB servers: one URL, or several separated by commas that app.vectorset keeps
+    # in step (every write to each; reads from the first one not behind).
     chroma_url: str = "http://127.0.0.1:8000"
     chroma_token: SecretStr | None = None
     chroma_auth_header: str = "Authorization"  # "Authorization" -> "Bearer <token>"
@@ -181,6 +195,9 @@ class Settings(BaseSettings):
                 f"CELERY_VISIBILITY_TIMEOUT ({self.celery_visibility_timeout} s) must exceed "
                 f"INDEX_TIME_LIMIT_SECONDS and 1.2 x INDEX_RETRY_BACKOFF_MAX_SECONDS "
                 f"({longest_unacked:g} s), or Redis hands out a running task twice")
+        if self.beat_lock_timeout_seconds < 3 * self.beat_max_loop_interval_seconds:
+            raise ValueError("BEAT_LOCK_TIMEOUT_SECONDS must be at least 3 x "
+                             "BEAT_MAX_LOOP_INTERVAL_SECONDS, or beat loses its lock between ticks")
         if self.environment not in INSECURE_DEFAULTS_ALLOWED:
             problems = production_problems(self)
             if problems:
@@ -226,10 +243,9 @@ class Settings(BaseSettings):
         return base64.urlsafe_b64encode(hashlib.sha256(b"fernet:" + seed).digest())
 
     @property
-    def chroma_host_port_ssl(self) -> tuple[str, int, bool]:
-        parts = urlsplit(self.chroma_url)
-        ssl = parts.scheme == "https"
-        return parts.hostname or "127.0.0.1", parts.port or (443 if ssl else 8000), ssl
+    def chroma_urls(self) -> list[str]:
+        """CHROMA_URL's servers (comma-separated), in the order reads prefer them."""
+        return [u.strip() for u in self.chroma_url.split(",") if u.strip()]
 
     @property
     def chroma_headers(self) -> dict[str, str]:

@@ -6,14 +6,13 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 import httpx
-import redis
 from celery import Celery
 from sqlalchemy import text
 
+from app import redisconn
 from app.config import Settings
 from app.db import Database
 from app.log import redact_text
@@ -32,25 +31,35 @@ def check_database(db: Database, timeout: float) -> None:
         conn.execute(text("SELECT 1"))
 
 
-def check_redis(url: str, timeout: float) -> None:
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+def check_redis(settings: Settings, timeout: float) -> None:
+    """The cache instance answers (its primary, with Sentinel)."""
+    client = redisconn.client(settings.redis_url, settings.redis_sentinel_cache_master,
+                              settings, timeout)
     try:
         client.ping()
     finally:
         client.close()
 
 
-@lru_cache(maxsize=8)
-def _control_app(broker_url: str) -> Celery:
+_control_apps: dict[str, Celery] = {}
+
+
+def _control_app(settings: Settings) -> Celery:
     # A bare Celery app: broadcasting a ping needs only the broker, not our tasks.
-    app = Celery("ai_platform_health", broker=broker_url, set_as_current=False)
-    app.conf.broker_connection_timeout = 2
-    app.conf.broker_connection_retry = False
+    app = _control_apps.get(settings.broker_url)
+    if app is None:
+        app = Celery("ai_platform_health", broker=settings.broker_url, set_as_current=False)
+        app.conf.broker_connection_timeout = 2
+        app.conf.broker_connection_retry = False
+        app.conf.broker_transport_options = redisconn.transport_options(
+            settings, settings.broker_url, settings.redis_sentinel_broker_master)
+        _control_apps[settings.broker_url] = app
     return app
 
 
-def check_celery(broker_url: str, timeout: float) -> None:
-    app = _control_app(broker_url)
+def check_celery(settings: Settings, timeout: float) -> None:
+    app = _control_app(settings)
+    broker_url = settings.broker_url
     # The URL is passed explicitly: Celery would otherwise prefer $CELERY_BROKER_URL.
     with app.connection_for_write(url=broker_url) as conn:
         conn.ensure_connection(max_retries=0, timeout=timeout)
@@ -61,9 +70,17 @@ def check_celery(broker_url: str, timeout: float) -> None:
 
 
 def check_chroma(settings: Settings, timeout: float) -> None:
-    resp = httpx.get(settings.chroma_url.rstrip("/") + "/api/v2/heartbeat",
-                     headers=settings.chroma_headers, timeout=timeout)
-    resp.raise_for_status()
+    """At least one ChromaDB server answers (app.vectorset reads from whichever does)."""
+    errors = []
+    for url in settings.chroma_urls:
+        try:
+            resp = httpx.get(url.rstrip("/") + "/api/v2/heartbeat",
+                             headers=settings.chroma_headers, timeout=timeout)
+            resp.raise_for_status()
+            return
+        except httpx.HTTPError as exc:
+            errors.append(f"{url}: {type(exc).__name__}")
+    raise RuntimeError("no ChromaDB server answered: " + "; ".join(errors))
 
 
 async def _run(fn: Callable[[], Any], timeout: float) -> dict[str, Any]:
@@ -83,8 +100,8 @@ async def health_report(settings: Settings, db: Database) -> tuple[bool, dict[st
     t = settings.health_timeout_seconds
     database, redis_, celery_, chroma = await asyncio.gather(
         _run(lambda: check_database(db, t), t),
-        _run(lambda: check_redis(settings.redis_url, t), t),
-        _run(lambda: check_celery(settings.broker_url, t), t),
+        _run(lambda: check_redis(settings, t), t),
+        _run(lambda: check_celery(settings, t), t),
         _run(lambda: check_chroma(settings, t), t),
     )
     report: dict[str, Any] = {

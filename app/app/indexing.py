@@ -8,6 +8,7 @@ removes the document's old vectors, so a repeated or redelivered run converges.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from app.log import get_logger
 from app.models import Document, DocumentContent, DocumentStatus, Project
 from app.officedocs import ZipLimits
 from app.textproc import ExtractionError, chunk_text, extract
+from app.vectorset import VectorStoreSet
 from app.vectorstore import VectorStore, VectorStoreUnavailable
 
 log = get_logger("app.indexing")
@@ -38,7 +40,7 @@ def _lock_key(document_id: uuid.UUID) -> int:
 
 
 def index_document(
-    document_id: uuid.UUID, db: Database, store: VectorStore, embedder: Embedder,
+    document_id: uuid.UUID, db: Database, store: VectorStoreSet, embedder: Embedder,
     settings: Settings,
 ) -> str:
     """Index one document. Returns an outcome word; raises on transient failures."""
@@ -61,7 +63,7 @@ def index_document(
 
 
 def _index_locked(
-    document_id: uuid.UUID, db: Database, store: VectorStore, embedder: Embedder,
+    document_id: uuid.UUID, db: Database, store: VectorStoreSet, embedder: Embedder,
     settings: Settings,
 ) -> str:
     with db.session() as s:
@@ -123,6 +125,15 @@ def max_attempts(settings: Settings) -> int:
     return settings.index_max_retries + 1
 
 
+def wait_for_vector_store(db: Database, document_id: uuid.UUID, reason: str) -> None:
+    """Pending again, attempts from zero: no vector store server answered any of its runs
+    (requeue_stuck queues it again; the outage does not count against its attempts)."""
+    with db.session() as s:
+        s.execute(update(Document).where(Document.id == document_id).values(
+            status=DocumentStatus.pending, attempts=0,
+            error=f"waiting for the vector store (indexed when it is back): {reason}"[:2000]))
+
+
 def set_status(db: Database, document_id: uuid.UUID, status: DocumentStatus,
                error: str | None) -> None:
     with db.session() as s:
@@ -135,7 +146,7 @@ class PurgeResult:
     deleted: list[str] = field(default_factory=list)
 
 
-def purge_documents(db: Database, store: VectorStore, settings: Settings) -> PurgeResult:
+def purge_documents(db: Database, store: VectorStoreSet, settings: Settings) -> PurgeResult:
     """Delete failed uploads older than FAILED_UPLOAD_RETENTION_HOURS, with their vectors.
 
     Pending or indexing documents are never purged, however old: a worker or broker
@@ -166,64 +177,112 @@ class ReconcileResult:
     orphan_vectors_deleted: int = 0
     orphan_collections_deleted: int = 0
     legacy_vectors_moved: int = 0
+    copied: int = 0  # documents whose vectors were copied to a server that lacked them
+    unreachable: list[str] = field(default_factory=list)  # servers not reconciled
 
 
-def reconcile(db: Database, store: VectorStore, settings: Settings) -> ReconcileResult:
-    """Bring ChromaDB in line with PostgreSQL.
+@dataclass
+class _Scan:
+    """What one server holds: vectors per document, per project, and by (project, doc)."""
+    counts: dict[str, int] = field(default_factory=dict)
+    per_project: dict[str, int] = field(default_factory=dict)
+    candidates: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    projects: list[str] = field(default_factory=list)
+
+
+def _scan(server: VectorStore) -> _Scan:
+    scan = _Scan(projects=server.projects())
+    for project in scan.projects:
+        for vid, doc_id in server.iter_ids_by_document(project):
+            scan.counts[doc_id] = scan.counts.get(doc_id, 0) + 1
+            scan.per_project[project] = scan.per_project.get(project, 0) + 1
+            scan.candidates.setdefault((project, doc_id), []).append(vid)
+    return scan
+
+
+def reconcile(db: Database, store: VectorStoreSet, settings: Settings) -> ReconcileResult:
+    """Bring every ChromaDB server that answers in line with PostgreSQL.
 
     * the shared collection of an earlier release, if any, is moved into the projects'
       collections first (``VectorStore.migrate_legacy``);
-    * ready documents whose vectors are missing (count differs) go back to pending;
+    * a ready document whose vector count is right on some server but not on another is
+      copied from the first to the others (a server back from an outage catches up);
+      one whose count is right nowhere goes back to pending, to be indexed again;
     * vectors of documents that no longer exist are deleted, and so are the collections
-      of projects that no longer exist.
+      of projects that no longer exist;
+    * a server marked behind (app.vectorset) that was reconciled is in step again, unless
+      it missed a write after this run began.
     The caller enqueues ``reindexed``. Lost indexing runs are requeue_stuck's job.
     """
     result = ReconcileResult()
-    moved = store.migrate_legacy(delete=True)
-    result.legacy_vectors_moved = moved.copied
-    if moved.found:
-        log.info("legacy_vectors_moved", vectors=moved.vectors, copied=moved.copied,
-                 dropped=moved.dropped, projects=moved.projects)
-    # Vectors first, documents second: a vector is only written after its row committed
-    # (and a collection after its project's row), so a vector whose document is absent
-    # from the later read is a true orphan.
-    counts: dict[str, int] = {}
-    orphan_candidates: dict[tuple[str, str], list[str]] = {}
-    per_project: dict[str, int] = {}
-    projects = store.projects()
-    for project in projects:
-        for vid, doc_id in store.iter_ids_by_document(project):
-            counts[doc_id] = counts.get(doc_id, 0) + 1
-            per_project[project] = per_project.get(project, 0) + 1
-            orphan_candidates.setdefault((project, doc_id), []).append(vid)
+    began = time.time()
+    scans: dict[str, tuple[VectorStore, _Scan]] = {}
+    for server in store.servers:
+        try:
+            moved = server.migrate_legacy(delete=True)
+            result.legacy_vectors_moved += moved.copied
+            if moved.found:
+                log.info("legacy_vectors_moved", server=server.url, vectors=moved.vectors,
+                         copied=moved.copied, dropped=moved.dropped, projects=moved.projects)
+            # Vectors first, documents second: a vector is only written after its row
+            # committed (and a collection after its project's row), so a vector whose
+            # document is absent from the later read is a true orphan.
+            scans[server.url] = (server, _scan(server))
+        except VectorStoreUnavailable as exc:
+            log.warning("reconcile_server_unavailable", server=server.url, error=str(exc)[:300])
+            result.unreachable.append(server.url)
+    if not scans:
+        raise VectorStoreUnavailable("no ChromaDB server answered: "
+                                     + ", ".join(result.unreachable))
 
+    copies: list[tuple[str, str, VectorStore, list[VectorStore]]] = []
     with db.session() as s:
         known_projects = {str(p) for p in s.scalars(select(Project.id))}
-        rows = s.execute(select(Document.id, Document.status, Document.chunk_count)).all()
+        rows = s.execute(select(Document.id, Document.project_id, Document.status,
+                                Document.chunk_count)).all()
         known = {str(r.id) for r in rows}
         for r in rows:
             doc_id = str(r.id)
-            if r.status == DocumentStatus.ready and counts.get(doc_id, 0) != r.chunk_count:
+            if r.status != DocumentStatus.ready:
+                continue
+            have = [(sv, scan.counts.get(doc_id, 0) == r.chunk_count)
+                    for sv, scan in scans.values()]
+            good = [sv for sv, complete in have if complete]
+            bad = [sv for sv, complete in have if not complete]
+            if not good:
                 s.execute(update(Document).where(Document.id == r.id)
                           .values(status=DocumentStatus.pending,
                                   error="vectors missing; re-indexing"))
                 result.reindexed.append(doc_id)
+            elif bad:
+                copies.append((str(r.project_id), doc_id, good[0], bad))
 
-    for project in projects:
-        if project not in known_projects:
-            store.delete_project(project)
-            result.orphan_collections_deleted += 1
-            result.orphan_vectors_deleted += per_project.get(project, 0)
-    orphans: dict[str, list[str]] = {}
-    for (project, doc_id), vids in orphan_candidates.items():
-        if doc_id not in known and project in known_projects:
-            orphans.setdefault(project, []).extend(vids)
-    for project, vids in orphans.items():
-        store.delete_ids(project, vids)
-        result.orphan_vectors_deleted += len(vids)
-    log.info("reconciled", reindexed=len(result.reindexed),
+    for project, doc_id, source, targets in copies:
+        vectors = source.document_vectors(project, doc_id)
+        for target in targets:
+            target.put_vectors(project, doc_id, vectors)
+        result.copied += 1
+    for server, scan in scans.values():
+        for project in scan.projects:
+            if project not in known_projects:
+                server.delete_project(project)
+                result.orphan_collections_deleted += 1
+                result.orphan_vectors_deleted += scan.per_project.get(project, 0)
+        orphans: dict[str, list[str]] = {}
+        for (project, doc_id), vids in scan.candidates.items():
+            if doc_id not in known and project in known_projects:
+                orphans.setdefault(project, []).extend(vids)
+        for project, vids in orphans.items():
+            server.delete_ids(project, vids)
+            result.orphan_vectors_deleted += len(vids)
+    behind = store.behind.get(fresh=True) if len(store.servers) > 1 else {}
+    for url in scans:
+        if url in behind and store.behind.clear(url, began):
+            log.info("vector_server_in_step", server=url)
+    log.info("reconciled", reindexed=len(result.reindexed), copied=result.copied,
              orphan_vectors_deleted=result.orphan_vectors_deleted,
-             orphan_collections_deleted=result.orphan_collections_deleted)
+             orphan_collections_deleted=result.orphan_collections_deleted,
+             unreachable=result.unreachable)
     return result
 
 

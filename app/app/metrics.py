@@ -35,6 +35,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY, Collector
 from sqlalchemy import text
 
+from app import redisconn
 from app.config import Settings
 from app.db import Database
 from app.log import get_logger
@@ -120,18 +121,39 @@ class ScrapeTimeCollector(Collector):
         ttl = settings.metrics_cache_seconds
         self.queue = _Cached(ttl, self._queue_length)
         self.documents = _Cached(ttl, self._documents)
+        self.vectors = _Cached(ttl, self._vector_servers)
 
-    def _queue_length(self) -> int | None:
-        t = self.settings.health_timeout_seconds
-        client = redis.Redis.from_url(self.settings.broker_url, socket_timeout=t,
-                                      socket_connect_timeout=t)
+    def _queue_length(self) -> tuple[int, float] | None:
+        """Tasks waiting, and seconds left on Celery beat's lock (-1: nobody holds it)."""
+        s = self.settings
+        client = redisconn.client(s.broker_url, s.redis_sentinel_broker_master, s,
+                                  s.health_timeout_seconds)
         try:
-            return int(client.llen(CELERY_QUEUE))
+            with client.pipeline(transaction=False) as pipe:
+                length, lock_ms = pipe.llen(CELERY_QUEUE).pttl(redisconn.BEAT_LOCK_KEY).execute()
+            return int(length), (lock_ms / 1000 if lock_ms >= 0 else -1.0)
         except redis.RedisError as exc:
             log.warning("metrics_queue_unavailable", error=type(exc).__name__)
             return None
         finally:
             client.close()
+
+    def _vector_servers(self) -> dict[str, tuple[int, int]]:
+        """Per ChromaDB server: (answers its heartbeat, marked behind) as 0/1."""
+        from app.vectorset import get_vector_store
+        from app.vectorstore import VectorStoreUnavailable
+
+        store = get_vector_store(self.settings)
+        behind = store.behind.get() if len(store.servers) > 1 else {}
+        out = {}
+        for server in store.servers:
+            try:
+                server.heartbeat(self.settings.health_timeout_seconds)
+                up = 1
+            except VectorStoreUnavailable:
+                up = 0
+            out[server.url] = (up, int(server.url in behind))
+        return out
 
     def _documents(self) -> dict[str, int] | None:
         from app.models import DocumentStatus
@@ -146,17 +168,34 @@ class ScrapeTimeCollector(Collector):
         return {s.value: counts.get(s.value, 0) for s in DocumentStatus}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        length = self.queue.get()
+        broker = self.queue.get()
         up = GaugeMetricFamily("aiplatform_metrics_source_up",
                                "1 when the source of a scrape-time metric answered.",
                                labels=["source"])
-        up.add_metric(["redis"], 0 if length is None else 1)
-        if length is not None:
+        up.add_metric(["redis"], 0 if broker is None else 1)
+        if broker is not None:
             queue = GaugeMetricFamily("aiplatform_celery_queue_length",
                                       "Tasks waiting in the Celery queue (Redis LLEN).",
                                       labels=["queue"])
-            queue.add_metric([CELERY_QUEUE], length)
+            queue.add_metric([CELERY_QUEUE], broker[0])
             yield queue
+            yield GaugeMetricFamily(
+                "aiplatform_celery_beat_lock_ttl_seconds",
+                "Seconds left on Celery beat's lock in Redis (RedBeat), -1 when no beat holds "
+                "it. The holder renews it every few seconds.", value=broker[1])
+        servers = self.vectors.get()
+        up_family = GaugeMetricFamily("aiplatform_vector_server_up",
+                                      "1 when the ChromaDB server answers its heartbeat.",
+                                      labels=["server"])
+        behind_family = GaugeMetricFamily(
+            "aiplatform_vector_server_behind",
+            "1 while the ChromaDB server misses writes the others took (app.vectorset); reads "
+            "avoid it until reconcile has brought it back in step.", labels=["server"])
+        for url, (answers, behind) in servers.items():
+            up_family.add_metric([url], answers)
+            behind_family.add_metric([url], behind)
+        yield up_family
+        yield behind_family
         documents = self.documents.get()
         up.add_metric(["database"], 0 if documents is None else 1)
         if documents is not None:

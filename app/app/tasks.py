@@ -27,6 +27,7 @@ from app.db import get_database
 from app.log import configure_logging, get_logger, init_sentry
 from app.metrics import connect_celery_signals
 from app.models import DocumentStatus
+from app.redisconn import celery_conf
 
 settings = get_settings()
 log = get_logger("app.tasks")
@@ -48,13 +49,12 @@ celery_app.conf.update(
     enable_utc=True,
     broker_connection_retry_on_startup=True,
     broker_connection_timeout=3,
-    broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout},
-    result_backend_transport_options={"visibility_timeout": settings.celery_visibility_timeout},
     task_publish_retry_policy={
         "max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1,
     },
     worker_hijack_root_logger=False,
     worker_cancel_long_running_tasks_on_connection_loss=True,
+    **celery_conf(settings),  # transport options (Sentinel), RedBeat
     beat_schedule={
         "purge-stale-uploads": {
             "task": "app.tasks.purge_documents",
@@ -67,6 +67,10 @@ celery_app.conf.update(
         "reconcile-vectors": {
             "task": "app.tasks.reconcile_vectors",
             "schedule": float(settings.reconcile_interval_seconds),
+        },
+        "catch-up-vectors": {
+            "task": "app.tasks.catch_up_vectors",
+            "schedule": float(settings.vector_catchup_interval_seconds),
         },
     },
 )
@@ -88,7 +92,7 @@ def _backoff(retries: int) -> float:
 
 
 def _store() -> Any:
-    from app.vectorstore import get_vector_store
+    from app.vectorset import get_vector_store
 
     return get_vector_store(settings)
 
@@ -119,6 +123,18 @@ def index_document(self: Task, document_id: str) -> str:
         return "failed"
     except (VectorStoreUnavailable, SQLAlchemyError, ModelNotFound, OSError) as exc:
         reason = f"{type(exc).__name__}: {exc}"[:500]
+        if self.request.retries >= (self.max_retries or 0) and isinstance(
+                exc, VectorStoreUnavailable):
+            # No vector store server answers: the upload is kept and stays pending;
+            # requeue_stuck queues it again until a server is back.
+            # Its attempts start again: an outage is not the document's fault, and the
+            # poison check (indexing.max_attempts) must not fail it once a server is back.
+            log.error("index_waits_for_vector_store", document_id=document_id, reason=reason)
+            try:
+                indexing.wait_for_vector_store(db, doc_id, reason)
+            except SQLAlchemyError:
+                log.warning("status_update_failed", document_id=document_id)
+            return "pending"
         if self.request.retries >= (self.max_retries or 0):
             log.error("index_gave_up", document_id=document_id, reason=reason)
             _try_set_status(doc_id, DocumentStatus.failed,
@@ -158,10 +174,33 @@ def reconcile_vectors() -> dict[str, int]:
         index_document.delay(doc_id)
     return {
         "reindexed": len(result.reindexed),
+        "copied": result.copied,
         "orphan_vectors_deleted": result.orphan_vectors_deleted,
         "orphan_collections_deleted": result.orphan_collections_deleted,
         "legacy_vectors_moved": result.legacy_vectors_moved,
+        "unreachable": len(result.unreachable),
     }
+
+
+@celery_app.task(name="app.tasks.catch_up_vectors")
+def catch_up_vectors() -> dict[str, int]:
+    """Reconcile now when a vector store server that missed writes answers again
+    (app.vectorset), or when one holds fewer collections than the others (a host
+    replaced by an empty one); with every server in step, a few cheap reads."""
+    store = _store()
+    behind = store.mark_short_servers() if len(store.servers) > 1 else {}
+    back = []
+    for server in store.servers:
+        if server.url in behind:
+            try:
+                server.heartbeat(settings.health_timeout_seconds)
+                back.append(server.url)
+            except Exception:  # still down: the next run looks again
+                continue
+    if not back:
+        return {"behind": len(behind), "reconciled": 0}
+    log.info("vector_servers_back", servers=back)
+    return {"behind": len(behind), "reconciled": 1} | reconcile_vectors()
 
 
 def _queue_length() -> int | None:

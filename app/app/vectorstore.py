@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -63,9 +64,13 @@ def _is_not_found(exc: Exception) -> bool:
 
 
 class VectorStore:
-    def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
+    """One ChromaDB server: the first of CHROMA_URL unless ``url`` says which
+    (app.vectorset keeps several in step)."""
+
+    def __init__(self, settings: Settings, timeout: float = 30.0, url: str | None = None) -> None:
         self.settings = settings
         self.timeout = timeout
+        self.url = url or settings.chroma_urls[0]
         self.prefix = settings.chroma_collection
         self._name_re = re.compile(re.escape(self.prefix) + r"_([0-9a-f]{32})")
         self._client: Any = None
@@ -94,7 +99,7 @@ class VectorStore:
         import httpx
         from chromadb.config import Settings as ChromaSettings
 
-        host, port, ssl = self.settings.chroma_host_port_ssl
+        host, port, ssl = host_port_ssl(self.url)
         try:
             client = chromadb.HttpClient(
                 host=host, port=port, ssl=ssl, headers=self.settings.chroma_headers,
@@ -111,7 +116,7 @@ class VectorStore:
 
     def _unavailable(self, what: str, exc: Exception) -> VectorStoreUnavailable:
         return VectorStoreUnavailable(
-            f"ChromaDB {what} failed: {type(exc).__name__}: {str(exc)[:200]}")
+            f"ChromaDB {what} failed on {self.url}: {type(exc).__name__}: {str(exc)[:200]}")
 
     def _client_call(self, fn: str, *, missing_ok: bool = False, **kwargs: Any) -> Any:
         """``fn`` of the client; None when the collection it names does not exist and
@@ -217,7 +222,34 @@ class VectorStore:
         for start in range(0, len(ids), _PAGE):
             self._on(project_id, "delete", create=False, ids=list(ids[start : start + _PAGE]))
 
+    def document_vectors(self, project_id: str, document_id: str) -> dict[str, Any]:
+        """A document's vectors with everything put_vectors needs to write them elsewhere."""
+        res = self._on(project_id, "get", create=False, where={"document_id": document_id},
+                       include=["embeddings", "documents", "metadatas"])
+        return res or {"ids": [], "embeddings": [], "documents": [], "metadatas": []}
+
+    def put_vectors(self, project_id: str, document_id: str, vectors: dict[str, Any]) -> None:
+        """Make the document's vectors exactly ``vectors`` (from document_vectors)."""
+        self.delete_document(project_id, document_id)
+        ids = list(vectors["ids"])
+        for start in range(0, len(ids), UPSERT_BATCH):
+            stop = start + UPSERT_BATCH
+            self._on(project_id, "upsert", create=True, ids=ids[start:stop],
+                     embeddings=[list(map(float, e)) for e in vectors["embeddings"][start:stop]],
+                     documents=list(vectors["documents"][start:stop]),
+                     metadatas=list(vectors["metadatas"][start:stop]))
+
     # Reads -----------------------------------------------------------------
+    def heartbeat(self, timeout: float) -> None:
+        """Raises VectorStoreUnavailable unless the server answers within ``timeout``."""
+        import httpx
+
+        try:
+            httpx.get(self.url.rstrip("/") + "/api/v2/heartbeat",
+                      headers=self.settings.chroma_headers, timeout=timeout).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise self._unavailable("heartbeat", exc) from exc
+
     def count_document(self, project_id: str, document_id: str) -> int:
         res = self._on(project_id, "get", create=False, where={"document_id": document_id},
                        include=[])
@@ -342,12 +374,7 @@ class VectorStore:
         return out
 
 
-_stores: dict[int, VectorStore] = {}
-
-
-def get_vector_store(settings: Settings) -> VectorStore:
-    """One VectorStore per Settings object (per process)."""
-    store = _stores.get(id(settings))
-    if store is None or store.settings is not settings:
-        store = _stores[id(settings)] = VectorStore(settings)
-    return store
+def host_port_ssl(url: str) -> tuple[str, int, bool]:
+    parts = urlsplit(url)
+    ssl = parts.scheme == "https"
+    return parts.hostname or "127.0.0.1", parts.port or (443 if ssl else 8000), ssl

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import create_engine, text
 
 
 def run_cli(args: list[str], db: str | None = None,
@@ -138,6 +142,33 @@ class Worker:
                 self.proc.wait(timeout=10)
         self._log.close()
         self.pidfile.unlink(missing_ok=True)
+
+
+def insert_document(settings: Any, project_id: str, data: bytes, status: str = "pending",
+                     age_hours: float = 0.0) -> str:
+    """A document row and its bytes, as an upload stores them; its id."""
+    doc_id = str(uuid.uuid4())
+    engine = create_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO documents (id, project_id, filename, content_type, kind, size_bytes, "
+            "sha256, status, updated_at) VALUES (:i, :p, 'seed.txt', 'text/plain', 'text', "
+            ":n, 'x', :s, now() - make_interval(secs => :age))"),
+            {"i": doc_id, "p": project_id, "n": len(data), "s": status,
+             "age": age_hours * 3600})
+        conn.execute(text("INSERT INTO document_contents (document_id, data) VALUES (:i, :d)"),
+                     {"i": doc_id, "d": data})
+    engine.dispose()
+    return doc_id
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for a server a test starts)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
 
 
 class FakeLLM:

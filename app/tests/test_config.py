@@ -129,8 +129,13 @@ def test_chroma_token_header() -> None:
     assert Settings(chroma_token="tok").chroma_headers == {"Authorization": "Bearer tok"}
     s = Settings(chroma_token="tok", chroma_auth_header="X-Chroma-Token")
     assert s.chroma_headers == {"X-Chroma-Token": "tok"}
-    assert Settings(chroma_url="https://chroma.internal").chroma_host_port_ssl == (
-        "chroma.internal", 443, True)
+    from app.vectorstore import host_port_ssl
+
+    assert host_port_ssl("https://chroma.internal") == ("chroma.internal", 443, True)
+    both = Settings(chroma_url="http://10.0.0.1:8000, http://10.0.0.2:8000,")
+    assert both.chroma_urls == ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]
+    assert [host_port_ssl(u) for u in both.chroma_urls] == [("10.0.0.1", 8000, False),
+                                                             ("10.0.0.2", 8000, False)]
 
 
 @pytest.mark.parametrize("overrides", [

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from celery import Celery
-from helpers import FakeLLM, Worker, make_pdf, run_cli, upload, wait_for_status
+from helpers import FakeLLM, Worker, insert_document, make_pdf, run_cli, upload, wait_for_status
 from sqlalchemy import create_engine, text
 
 pytestmark = pytest.mark.e2e
@@ -254,45 +254,43 @@ def test_worker_killed_mid_task_does_not_lose_the_job(client: Any, worker: Any,
     assert "WorkerLostError" in log or "signal 9" in log
 
 
-def _insert_document(settings: Any, project_id: str, data: bytes, status: str = "pending",
-                     age_hours: float = 0.0) -> str:
-    doc_id = str(uuid.uuid4())
-    engine = create_engine(settings.database_url)
-    with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO documents (id, project_id, filename, content_type, kind, size_bytes, "
-            "sha256, status, updated_at) VALUES (:i, :p, 'seed.txt', 'text/plain', 'text', "
-            ":n, 'x', :s, now() - make_interval(secs => :age))"),
-            {"i": doc_id, "p": project_id, "n": len(data), "s": status,
-             "age": age_hours * 3600})
-        conn.execute(text("INSERT INTO document_contents (document_id, data) VALUES (:i, :d)"),
-                     {"i": doc_id, "d": data})
-    engine.dispose()
-    return doc_id
-
-
-def test_retries_with_backoff_then_fails(client: Any, settings: Any, user: dict[str, Any],
-                                         project: dict[str, Any], dead_port: int) -> None:
-    """A worker whose ChromaDB is unreachable retries, then marks the document failed."""
+def test_retries_with_backoff_then_waits_for_the_vector_store(
+        client: Any, settings: Any, user: dict[str, Any], project: dict[str, Any],
+        dead_port: int, worker: Any) -> None:
+    """A worker whose ChromaDB is unreachable retries, then leaves the document pending
+    with its attempts back at zero (the upload is kept); once queued again to a worker
+    that reaches ChromaDB (as requeue_stuck does), it is indexed."""
     broker1 = settings.broker_url.rsplit("/", 1)[0] + "/1"
     w = Worker("nochroma", {"CHROMA_URL": f"http://127.0.0.1:{dead_port}",
                             "CELERY_BROKER_URL": broker1, "CELERY_RESULT_BACKEND": broker1,
                             "INDEX_MAX_RETRIES": "2", "INDEX_RETRY_BACKOFF_SECONDS": "0.3"})
     try:
         w.wait_ready()
-        doc_id = _insert_document(settings, project["id"], b"Text that cannot be stored.")
+        doc_id = insert_document(settings, project["id"], b"Text that cannot be stored yet.")
         sender = Celery(set_as_current=False)
         with sender.connection_for_write(url=broker1) as conn:
             sender.send_task("app.tasks.index_document", args=[doc_id], connection=conn)
-        done = wait_for_status(client, user, project["id"], doc_id, {"ready", "failed"},
-                               timeout=90)
+
+        def waiting() -> dict[str, Any] | None:
+            d = client.get(f"/api/v1/projects/{project['id']}/documents/{doc_id}",
+                           headers=user["headers"]).json()
+            # Its attempts start again: the outage does not count against them.
+            return d if d["status"] == "pending" and d["attempts"] == 0 and d["error"] \
+                and d["error"].startswith("waiting for the vector store") else None
+        deadline = time.monotonic() + 90
+        while not (done := waiting()):
+            assert time.monotonic() < deadline, "the document did not end waiting"
+            time.sleep(0.5)
     finally:
         w.stop()
-    assert done["status"] == "failed"
-    assert "after 3 attempts" in done["error"] and "ChromaDB" in done["error"]
-    assert done["attempts"] == 3
+    assert "ChromaDB" in done["error"]
     log = w.log_path.read_text()
-    assert log.count("index_retry") == 2
+    assert log.count("index_retry") == 2 and "index_waits_for_vector_store" in log
+    from app.tasks import index_document
+
+    index_document.delay(doc_id)
+    ready = wait_for_status(client, user, project["id"], doc_id, {"ready", "failed"}, timeout=90)
+    assert ready["status"] == "ready", ready
 
 
 def test_reconcile_restores_missing_and_drops_orphan_vectors(
@@ -465,7 +463,7 @@ def test_requeue_stuck_queues_a_lost_pending_upload(
     """A pending document whose message is gone (broker down at upload) gets indexed."""
     from app.tasks import requeue_stuck
 
-    doc_id = _insert_document(settings, project["id"], b"Stuck upload about auroras.",
+    doc_id = insert_document(settings, project["id"], b"Stuck upload about auroras.",
                               status="pending", age_hours=2)
     result = requeue_stuck.delay().get(timeout=60)
     assert result["requeued"] >= 1
@@ -488,12 +486,12 @@ def test_requeue_stuck_leaves_running_work_and_retries_lost_work(
     from app.db import Database
 
     db = Database(settings)
-    running = _insert_document(settings, project["id"], b"a", "indexing", age_hours=2)
-    lost = _insert_document(settings, project["id"], b"b", "indexing", age_hours=2)
-    hopeless = _insert_document(settings, project["id"], b"c", "indexing", age_hours=2)
+    running = insert_document(settings, project["id"], b"a", "indexing", age_hours=2)
+    lost = insert_document(settings, project["id"], b"b", "indexing", age_hours=2)
+    hopeless = insert_document(settings, project["id"], b"c", "indexing", age_hours=2)
     _set_attempts(settings, hopeless, settings.index_max_retries + 1)
-    waiting = _insert_document(settings, project["id"], b"d", "pending", age_hours=2)
-    fresh = _insert_document(settings, project["id"], b"e", "indexing", age_hours=0)
+    waiting = insert_document(settings, project["id"], b"d", "pending", age_hours=2)
+    fresh = insert_document(settings, project["id"], b"e", "indexing", age_hours=0)
     holder_engine = create_engine(settings.database_url)
     holder = holder_engine.connect()
     try:  # a worker on `running`: its session holds the document's lock
@@ -530,7 +528,7 @@ def test_requeue_stuck_waits_out_a_scheduled_retry(project: dict[str, Any],
     from app.db import Database
 
     db = Database(settings)
-    doc = _insert_document(settings, project["id"], b"f", "pending", age_hours=0)
+    doc = insert_document(settings, project["id"], b"f", "pending", age_hours=0)
     seconds = (settings.stuck_requeue_after_minutes + 1) * 60
     engine = create_engine(settings.database_url)
     with engine.begin() as conn:
@@ -553,10 +551,10 @@ def test_purge_removes_stale_failed_and_keeps_waiting_uploads(
     days (a worker or broker outage) is kept for requeue_stuck, however old."""
     from app.tasks import purge_documents
 
-    old_failed = _insert_document(settings, project["id"], b"x", "failed", age_hours=24 * 30)
-    old_pending = _insert_document(settings, project["id"], b"y", "pending", age_hours=48)
-    old_indexing = _insert_document(settings, project["id"], b"w", "indexing", age_hours=48)
-    fresh_failed = _insert_document(settings, project["id"], b"z", "failed", age_hours=1)
+    old_failed = insert_document(settings, project["id"], b"x", "failed", age_hours=24 * 30)
+    old_pending = insert_document(settings, project["id"], b"y", "pending", age_hours=48)
+    old_indexing = insert_document(settings, project["id"], b"w", "indexing", age_hours=48)
+    fresh_failed = insert_document(settings, project["id"], b"z", "failed", age_hours=1)
     result = purge_documents.delay().get(timeout=60)
     assert result["deleted"] >= 1
     url = f"/api/v1/projects/{project['id']}/documents"
@@ -572,7 +570,7 @@ def test_poison_document_fails_at_its_attempt_cap(
     is failed with the reason when the next run starts, not indexed a 7th time."""
     from app.indexing import max_attempts
 
-    doc_id = _insert_document(settings, project["id"], b"A document that kills workers.",
+    doc_id = insert_document(settings, project["id"], b"A document that kills workers.",
                               status="indexing")
     _set_attempts(settings, doc_id, max_attempts(settings))
     sender = Celery(set_as_current=False)

@@ -22,5 +22,8 @@ def test_reliability_settings() -> None:
 def test_beat_schedule() -> None:
     tasks = {entry["task"] for entry in celery_app.conf.beat_schedule.values()}
     assert tasks == {"app.tasks.purge_documents", "app.tasks.reconcile_vectors",
-                     "app.tasks.requeue_stuck"}
+                     "app.tasks.requeue_stuck", "app.tasks.catch_up_vectors"}
+    # Beat on several hosts: RedBeat's lock in Redis lets one of them send.
+    assert celery_app.conf.beat_scheduler == "redbeat.RedBeatScheduler"
+    assert celery_app.conf.redbeat_lock_timeout >= 3 * celery_app.conf.beat_max_loop_interval
     assert set(celery_app.tasks) >= tasks | {"app.tasks.index_document"}

@@ -42,6 +42,7 @@ class Lab:
         self.primary, self.replicas = self.groups["db_primary"][0], self.groups.get("db_replicas", [])
         self.redis = self.groups["redis"][0]
         self.base = f"https://{self.addr[self.lb]}:443"
+        self.vip = ""  # the load balancers' virtual IP, when keepalived runs (the_lab sets it)
 
     def hosts(self) -> list[str]:
         return sorted(self.addr)
@@ -97,6 +98,11 @@ class Lab:
 @pytest.fixture(scope="session")
 def the_lab() -> Lab:
     lab_ = Lab()
+    # Clients use the virtual IP of the load balancers when there is one (keepalived).
+    vip = on(lab_.lb, "sed -n '/virtual_ipaddress/{n;p}' /etc/keepalived/keepalived.conf", check=False).split()
+    if vip and "/" in vip[0]:
+        lab_.vip = vip[0].split("/")[0]
+        lab_.base = f"https://{lab_.vip}:443"
     ca = on(lab_.lb, "cat /etc/ai-platform/tls/ca.crt")
     on(lab_.client, f"cat > {CA} <<'EOF'\n{ca}EOF")
     on(lab_.client, "command -v curl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null")
@@ -146,10 +152,47 @@ def render(drills: dict) -> None:
         measured = ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("doc", "outcome", "seconds", "why", "when"))
         rows.append(f"| `{name}` | {d['doc']} | **{d.get('outcome', '?')}** ({d.get('seconds', '?')} s, {d['when'][:16]}) | "
                     f"{measured}{' — ' + d['why'] if d.get('why') else ''} |")
+    hosts = host_table(drills)
     (OUT / "drills.md").write_text(
         "# Fault drills and security checks\n\nRun by `make drills` (bench/drills/) against the lab that `make lab` "
         "deployed; each is a test that asserts. Raw results in [drills.json](drills.json).\n\n"
+        + (f"## Lose any host\n\n{hosts}\n" if hosts else "")
+        + "## Every drill\n\n"
         "| drill | what it asserts | result | measured |\n| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n")
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- lose-any-host:start -->", "<!-- lose-any-host:end -->"
+    if hosts and start in text and end in text:
+        head, rest = text.split(start, 1)
+        readme.write_text(head + start + "\n<!-- written by bench/drills/conftest.py from docs/bench/drills.json -->\n"
+                          + hosts + end + rest.split(end, 1)[1])
+
+
+def host_table(drills: dict) -> str:
+    """The "lose any host" drill (test_lose_any_host.py) as one row per host."""
+    rows = [d for name, d in drills.items() if name.startswith("test_lose_any_host[")]
+    if not rows:
+        return ""
+    out = ["Each server host powered off for 60 s (`lab.py stop`, then `start`) under reads, searches and "
+           "uploads through the virtual IP. Targets: 0 documents and 0 writes lost, failures over within 30 s "
+           "of the power-off, back in its place without anyone acting.", "",
+           "| host | groups | result | requests | failed (read/search/upload) | failures until (s after power-off) "
+           "| uploads 201 | documents lost | writes lost | rejoined by itself (s after boot) | when |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for d in rows:
+        if d.get("pending"):
+            out.append(f"| {d['host']} | {', '.join(d.get('groups', []))} | pending: {d['pending']} "
+                       "| | | | | | | | " + d.get("when", "")[:16] + " |")
+            continue
+        kinds = d.get("failed_by_kind", {})
+        out.append(f"| {d['host']} | {', '.join(d.get('groups', []))} | {d.get('outcome', '?')}"
+                   f"{' — ' + d['why'] if d.get('why') else ''} | {d.get('requests', '')} | {d.get('failed', '')} "
+                   f"({kinds.get('read', 0)}/{kinds.get('search', 0)}/{kinds.get('upload', 0)}) | "
+                   f"{d.get('recovered_after_s', '')} | {d.get('uploads_201', '')} | {d.get('documents_lost', '')} | "
+                   f"{d.get('writes_lost', '')} | {'yes' if d.get('rejoined') else 'no: ' + d.get('not_rejoined', '')}"
+                   f"{' (' + str(d['rejoined_after_boot_s']) + ')' if d.get('rejoined') else ''} | "
+                   f"{d.get('when', '')[:16]} |")
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from app.embeddings import Embedder, locate_model
 from app.indexing import index_document
 from app.models import Document, DocumentContent, DocumentStatus
 from app.textproc import chunk_text
-from app.vectorstore import get_vector_store
+from app.vectorset import get_vector_store
 
 with open(sys.argv[1]) as f:
     cfg = json.load(f)

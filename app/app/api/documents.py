@@ -36,7 +36,8 @@ from app.models import Document, DocumentContent, DocumentStatus, Project, Proje
 from app.quotas import check_documents
 from app.schemas import MAX_OFFSET, DocumentOut
 from app.uploads import ReceivedFile, UploadInvalid, UploadTooLarge, receive_upload
-from app.vectorstore import VectorStoreUnavailable, get_vector_store
+from app.vectorset import get_vector_store
+from app.vectorstore import VectorStoreUnavailable
 
 router = APIRouter(prefix="/projects/{project_id}/documents", tags=["documents"])
 log = get_logger("app.api.documents")

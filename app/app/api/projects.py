@@ -21,7 +21,8 @@ from app.log import get_logger
 from app.models import Project, ProjectMember, User
 from app.quotas import check_projects
 from app.schemas import MAX_OFFSET, MemberIn, MemberOut, ProjectIn, ProjectOut, ProjectPatch
-from app.vectorstore import VectorStoreUnavailable, get_vector_store
+from app.vectorset import get_vector_store
+from app.vectorstore import VectorStoreUnavailable
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 log = get_logger("app.api.projects")

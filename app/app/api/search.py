@@ -38,11 +38,15 @@ from app.limits import take_ask
 from app.log import get_logger
 from app.models import Document, DocumentStatus, User
 from app.schemas import AskIn, AskOut, SearchHit, SearchIn, SearchOut
-from app.vectorstore import Hit, VectorStoreUnavailable, get_vector_store
+from app.vectorset import get_vector_store
+from app.vectorstore import Hit, VectorStoreUnavailable
 
 router = APIRouter(prefix="/projects/{project_id}", tags=["search"])
 log = get_logger("app.api.search")
 SNIPPET_CHARS = 300
+# The 503 answer while no vector store server answers (uploads go on: app.tasks).
+SEARCH_UNAVAILABLE = ("search is temporarily unavailable: the vector store cannot be reached. "
+                      "Uploads are still accepted and are indexed when it is back.")
 SSE_RESPONSE = {200: {"content": {"application/json": {},
                                   "text/event-stream": {"schema": {"type": "string"}}},
                       "description": "the answer (JSON, or Server-Sent Events with stream)"}}
@@ -65,8 +69,8 @@ def _retrieve(db: Database, settings: Settings, project_id: uuid.UUID, query: st
         hits = get_vector_store(settings).search(str(project_id), vec, top_k)
     except VectorStoreUnavailable as exc:
         log.warning("search_unavailable", error=str(exc))
-        raise ApiError(503, "vector_store_unavailable", "vector store unavailable",
-                       {"Retry-After": "10"}) from None
+        raise ApiError(503, "vector_store_unavailable", SEARCH_UNAVAILABLE,
+                       {"Retry-After": "30"}) from None
     except ModelNotFound as exc:
         log.error("embedding_model_missing", error=str(exc))
         raise ApiError(503, "embedding_model_unavailable",

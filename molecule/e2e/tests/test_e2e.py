@@ -1,7 +1,9 @@
 """The whole platform, deployed by site.yml, used as a client would use it.
 
 Every request goes from e2e-client (a host in no deployment group) over HTTPS
-through Nginx on e2e-lb, trusting only the project CA.
+to the load balancers' virtual IP (keepalived on e2e-lb and e2e-lb2), trusting
+only the project CA. The last tests power off the load balancer that holds the
+virtual IP, and then the Redis primary's host, and use the platform meanwhile.
 """
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ import testinfra
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 REPO = Path(os.environ.get("AIPL_REPO", Path(__file__).resolve().parents[3]))
-LB = "10.90.20.10"
-BASE = f"https://{LB}"
+VIP = "10.90.20.100"  # keepalived_virtual_ipaddress: .100 of the lb hosts' /24 (inventories/lab)
+BASE = f"https://{VIP}"
 CA = "/tmp/e2e-ca.crt"
 APP_HOSTS = ("e2e-app1", "e2e-app2")
+LB_HOSTS = ("e2e-lb", "e2e-lb2")
+REDIS_HOSTS = {"e2e-svc": "10.90.20.41", "e2e-svc2": "10.90.20.42"}
 
 
 def host(name: str):
@@ -116,10 +120,15 @@ def test_units_on_the_right_hosts():
             assert h.service(unit).is_enabled, (name, unit)
         env = h.file("/etc/ai-platform/app.env")
         assert env.user == "root" and env.group == "aiplatform" and env.mode == 0o640
-    # Celery beat runs on exactly one host: the scheduler.
-    assert host("e2e-app1").service("ai-platform-beat").is_running
-    assert not host("e2e-app2").service("ai-platform-beat").is_running
-    assert not host("e2e-app2").file("/etc/systemd/system/ai-platform-beat.service").exists
+    # Celery beat runs on both scheduler hosts; exactly one holds the lock and sends.
+    holders = [n for n in APP_HOSTS if host(n).service("ai-platform-beat").is_running
+               and "beat: Acquired lock" in host(n).check_output(
+                   "journalctl -u ai-platform-beat -b --no-pager -o cat")]
+    assert all(host(n).service("ai-platform-beat").is_running for n in APP_HOSTS)
+    assert len(holders) == 1, holders
+    # keepalived on both load balancers, the virtual IP on exactly one.
+    assert all(host(n).service("keepalived").is_running for n in LB_HOSTS)
+    assert len(_vip_holders()) == 1, _vip_holders()
 
 
 def test_api_killed_comes_back_and_lb_keeps_serving(client):
@@ -287,3 +296,92 @@ def test_ask_streams_through_nginx_unbuffered(client):
     assert "".join(e[2]["text"] for e in tokens).strip() == "The control rods are made of boron carbide [1]."
     # Ten words 0.4 s apart: unbuffered, the first arrives seconds before the last.
     assert tokens[-1][0] - tokens[0][0] > 1.5, tokens
+
+
+# --- no single point of failure --------------------------------------------------------
+
+
+def _vip_holders(among: tuple[str, ...] = LB_HOSTS) -> list[str]:
+    """The load balancers (of those that are up) that hold the virtual IP."""
+    return [n for n in among if f" {VIP}/" in host(n).check_output("ip -o -4 addr show")]
+
+
+def _lab(*args: str) -> None:
+    subprocess.run(["python3", str(REPO / "tests" / "lab" / "lab.py"), *args], check=True, timeout=600)
+
+
+def _wait(what: str, check, timeout: float, step: float = 1.0) -> float:
+    t0 = time.time()
+    while True:
+        try:
+            if check():
+                return time.time() - t0
+        except (AssertionError, RuntimeError):
+            pass
+        assert time.time() - t0 < timeout, f"{what}: not within {timeout} s"
+        time.sleep(step)
+
+
+def _upload_until_ready(client) -> None:
+    """A new account and an upload through the VIP that ends ready and is found by search."""
+    token, project = _account_with_document(
+        client, "e2e-ha", "Geysers erupt when groundwater meets magma-heated rock.\\n")
+    _, found = curl(client, "POST", f"/api/v1/projects/{project['id']}/search", token,
+                    body={"query": "what makes a geyser erupt", "top_k": 1}, expect=200)
+    assert found["results"] and "geyser" in json.dumps(found["results"][0]).lower(), found
+
+
+def _sentinel(*args: str) -> list[str]:
+    """redis-cli to the sentinel on e2e-app2 (which no test powers off), as the app's user."""
+    return host("e2e-app2").check_output(
+        "redis-cli --no-auth-warning -p 26379 --user app --pass "
+        "\"$(sed -n 's/^REDIS_SENTINEL_PASSWORD=//p' /etc/ai-platform/app.env)\" " + " ".join(args)).splitlines()
+
+
+def _replica_ok(addr: str) -> bool:
+    """The sentinel sees ``addr`` as a replica of broker that is up (flags exactly 'slave')."""
+    lines = _sentinel("SENTINEL replicas broker")
+    entries, cur = [], {}
+    for key, value in zip(lines[::2], lines[1::2]):
+        if key == "name" and cur:
+            entries.append(cur)
+            cur = {}
+        cur[key] = value
+    entries.append(cur)
+    return any(e.get("ip") == addr and e.get("flags") == "slave"
+               and e.get("master-link-status") == "ok" for e in entries)
+
+
+def test_the_vip_holder_powered_off_the_api_still_answers_and_an_upload_ends_ready(client):
+    holder = _vip_holders()[0]
+    other = next(n for n in LB_HOSTS if n != holder)
+    _lab("stop", holder)
+    try:
+        took = _wait("the virtual IP on the other load balancer", lambda: _vip_holders((other,)) == [other], 60)
+        print(f"the VIP moved to {other} {took:.1f} s after {holder} was powered off")
+        _wait("the API answers through the VIP",
+              lambda: curl(client, "GET", "/health/live")[0] == 200, 60)
+        _upload_until_ready(client)
+    finally:
+        _lab("start", holder)
+    _wait("keepalived back on the rebooted load balancer",
+          lambda: host(holder).service("keepalived").is_running, 180)
+    assert _vip_holders() == [other]  # no preemption: it rejoined as backup
+
+
+def test_the_redis_primary_powered_off_the_api_still_answers_and_an_upload_ends_ready(client):
+    addr = _sentinel("SENTINEL get-master-addr-by-name broker")[0]
+    primary = next(n for n, a in REDIS_HOSTS.items() if a == addr)
+    other = next(n for n in REDIS_HOSTS if n != primary)
+    _lab("stop", primary)
+    try:
+        took = _wait("the sentinels promote the replica", lambda: all(
+            _sentinel("SENTINEL get-master-addr-by-name", i)[0] == REDIS_HOSTS[other]
+            for i in ("broker", "cache")), 90)
+        print(f"Redis failed over to {other} {took:.1f} s after {primary} was powered off")
+        _wait("/health green through the VIP", lambda: curl(client, "GET", "/health")[0] == 200, 120)
+        _upload_until_ready(client)
+    finally:
+        _lab("start", primary)
+    # The old primary's instances come back as replicas of the new one by themselves.
+    _wait("the old primary back as a replica", lambda: _replica_ok(REDIS_HOSTS[primary]), 180)
