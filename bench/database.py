@@ -1,10 +1,14 @@
-"""database: replica lag under pgbench, the backup service and playbooks/restore.yml on a
-database of about 1 GB, the restored copy compared row for row."""
+"""database: replica lag under pgbench; a pgBackRest full backup and a restore of it beside
+the cluster (playbooks/restore.yml), and the logical backup service and
+playbooks/restore_dump.yml, on a database of about 1 GB, the restored copies compared row
+for row."""
 from __future__ import annotations
 
+import json
 import re
 import time
 
+from bench import pg
 from bench.lab import Lab, log, on, pct
 from bench.report import Row
 
@@ -16,15 +20,18 @@ def options(ap) -> None:
 
 
 def measure(lab: Lab) -> dict:
-    """PostgreSQL: a pgbench database of --scale (70: about 1 GB) on the primary;
-    replica replay lag sampled every 0.5 s during a 60 s pgbench write load; the
-    backup service on the backup host (the first replica) and playbooks/restore.yml
-    into a new database, both timed; the restored copy compared table by table
-    (row count and the sum of a 64-bit hash of every row). Cleans up afterwards."""
+    """PostgreSQL: a pgbench database of --scale (70: about 1 GB) on the leader;
+    replica replay lag sampled every 0.5 s during a 60 s pgbench write load; a full
+    backup by pgBackRest's unit on the repository host and playbooks/restore.yml of it
+    beside the cluster (the end of the archive, on the last replica); the logical
+    backup service on its host and playbooks/restore_dump.yml into a new database; all
+    timed, both restored copies compared with the leader table by table (row count and
+    the sum of a 64-bit hash of every row). Cleans up afterwards."""
     scale = lab.args.scale
-    primary = lab.groups["db_primary"][0]
-    replicas = lab.groups.get("db_replicas", [])
-    backup_host = replicas[0] if replicas else primary
+    dbs = lab.groups["db_primary"] + lab.groups.get("db_replicas", [])
+    primary = pg.leader(dbs)
+    replicas = [h for h in dbs if h != primary]
+    backup_host = lab.groups.get("db_replicas", [primary])[0]  # postgresql_backup_host
     ver = on(primary, "ls /etc/postgresql").split()[-1]
     bindir = f"/usr/lib/postgresql/{ver}/bin"
     psql = "runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d aiplatform"
@@ -46,8 +53,8 @@ def measure(lab: Lab) -> dict:
     secs = 60
     run = (f"(for i in $(seq {secs * 2}); do {psql} -F' ' -c \"{sample}\"; sleep 0.5; done > /tmp/bench-lag.txt) & "
            f"{pgbench} -c 8 -j 2 -T {secs} -P 10 aiplatform 2>&1 | grep -E '^(tps|latency average|number of transactions actually)'; wait")
-    pg = on(primary, run, timeout=secs + 600)
-    tps = re.search(r"tps = ([\d.]+)", pg)
+    bench_out = on(primary, run, timeout=secs + 600)
+    tps = re.search(r"tps = ([\d.]+)", bench_out)
     lag: dict = {}
     for line in on(primary, "cat /tmp/bench-lag.txt").splitlines():
         name, nbytes, seconds = line.split()
@@ -76,16 +83,38 @@ def measure(lab: Lab) -> dict:
     log(f"database: backup {out['backup_s']} s, dump {out['dump_bytes'] / 2**20:.0f} MiB")
 
     # Restore with the playbook operators use, into a new database.
-    out["restore_playbook_s"] = lab.playbook("playbooks/restore.yml", "-e", "postgresql_restore_database=bench_restore")[0]
-    log(f"database: restore.yml {out['restore_playbook_s']} s")
-    same = {}
-    for table in ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"):
-        q = f"SELECT count(*) || ' ' || coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) FROM {table} t"
-        src = on(primary, f"{psql} -c \"{q}\"").strip()
-        dst = on(primary, f"{psql.replace('-d aiplatform', '-d bench_restore')} -c \"{q}\"").strip()
-        same[table] = {"rows": int(src.split()[0]), "identical": src == dst}
-    out["restored_identical"] = same
-    log(f"database: restored copy {same}")
+    out["restore_playbook_s"] = lab.playbook("playbooks/restore_dump.yml", "-e", "postgresql_restore_database=bench_restore")[0]
+    log(f"database: restore_dump.yml {out['restore_playbook_s']} s")
+    tables = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
+
+    def compare(host: str, other_psql: str) -> dict:
+        same = {}
+        for table in tables:
+            q = f"SELECT count(*) || ' ' || coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) FROM {table} t"
+            src = on(primary, f"{psql} -c \"{q}\"").strip()
+            dst = on(host, f"{other_psql} -c \"{q}\"").strip()
+            same[table] = {"rows": int(src.split()[0]), "identical": src == dst}
+        return same
+    out["restored_identical"] = compare(primary, psql.replace("-d aiplatform", "-d bench_restore"))
+    log(f"database: restored copy {out['restored_identical']}")
+
+    # pgBackRest: a full backup by its unit, then the whole cluster restored beside.
+    repo = lab.groups.get("backup", [None])[0]
+    if repo:
+        on(primary, f"{psql} -c 'CHECKPOINT' -c 'SELECT pg_switch_wal()'")
+        t0 = time.monotonic()
+        on(repo, "systemctl start pgbackrest-backup@full.service", timeout=7200)
+        out["pgbackrest_backup_s"] = round(time.monotonic() - t0, 1)
+        info = on(repo, "runuser -u postgres -- pgbackrest --output=json info")
+        newest = json.loads(info)[0]["backup"][-1]
+        out["pgbackrest_backup"] = {"label": newest["label"], "size": newest["info"]["size"],
+                                    "repo_bytes": newest["info"]["repository"]["delta"]}
+        restore_host = replicas[-1] if replicas else primary
+        out["pgbackrest_restore_s"] = lab.playbook("playbooks/restore.yml", "-e", f"pgbackrest_restore_host={restore_host}")[0]
+        out["pgbackrest_restored_identical"] = compare(restore_host, "runuser -u postgres -- psql -XAtq -p 5439 -d aiplatform")
+        on(restore_host, "systemctl stop ai-platform-pitr", check=False)
+        log(f"database: pgBackRest full backup {out['pgbackrest_backup_s']} s, restore {out['pgbackrest_restore_s']} s, "
+            f"{out['pgbackrest_restored_identical']}")
     on(primary, f"{psql} -c 'DROP TABLE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history' "
                 f"-c 'DROP DATABASE bench_restore'")
     on(backup_host, f"rm -rf /var/backups/postgresql/{latest}")
@@ -105,11 +134,22 @@ def rows(res: dict) -> list[Row]:
                        f"p50 {v['seconds_p50']:.3f} s / {v['bytes_p50']} B, p99 {v['seconds_p99']:.3f} s / {v['bytes_p99']} B",
                        v["seconds_p99"] < 1))
     ok = all(t["identical"] for t in db["restored_identical"].values())
-    out.append(Row(f"backup (pg_dump by the backup service on {db['replicas'][0] if db['replicas'] else db['primary']}) of a "
+    if db.get("pgbackrest_backup_s") is not None:
+        same = all(t["identical"] for t in db["pgbackrest_restored_identical"].values())
+        b = db["pgbackrest_backup"]
+        out.append(Row(f"pgBackRest full backup (its unit on the repository host) of a {db['database_bytes'] / 2**30:.2f} GiB "
+                       "database", "a database ≥ 1 GB; duration reported",
+                       f"{db['pgbackrest_backup_s']:.0f} s; {b['size'] / 2**30:.2f} GiB of data, {b['repo_bytes'] / 2**20:.0f} MiB "
+                       "in the repository", db["database_bytes"] >= 1e9))
+        out.append(Row("its restore beside the cluster (playbooks/restore.yml, the end of the archive) and row-for-row check",
+                       "restored copy identical",
+                       f"{db['pgbackrest_restore_s']:.0f} s; {'identical' if same else 'DIFFERENT'}: "
+                       + ", ".join(f"{t} {v['rows']} rows" for t, v in db["pgbackrest_restored_identical"].items()), same))
+    out.append(Row(f"logical backup (pg_dump by the backup service on {db['replicas'][0] if db['replicas'] else db['primary']}) of a "
                    f"{db['database_bytes'] / 2**30:.2f} GiB database (pgbench scale {db['scale']})", "a database ≥ 1 GB; duration reported",
                    f"{db['database_bytes'] / 1e9:.2f} GB; {db['backup_s']:.0f} s, dump {db['dump_bytes'] / 2**20:.0f} MiB",
                    db["database_bytes"] >= 1e9))
-    out.append(Row("restore (playbooks/restore.yml into a new database) and row-for-row check", "restored copy identical",
+    out.append(Row("its restore (playbooks/restore_dump.yml into a new database) and row-for-row check", "restored copy identical",
                    f"{db['restore_playbook_s']:.0f} s; {'identical' if ok else 'DIFFERENT'}: "
                    + ", ".join(f"{t} {v['rows']} rows" for t, v in db["restored_identical"].items()), ok))
     return out

@@ -1,38 +1,42 @@
-"""failover: switchover and failover of PostgreSQL timed from the application's side,
-with the committed writes that were lost."""
+"""failover: the database cluster under Patroni, faults injected on the leader under app
+writes, timed from the application's side, with the committed writes that were lost, the
+writes the isolated leader took after its TTL, and whether the old leader came back by itself."""
 from __future__ import annotations
 
 import json
 import time
 
+from bench import pg
 from bench.lab import Lab, log, on, remote_script
 from bench.lab import lab as lab_tool
 from bench.report import Row
 
 NAME = "failover"
-PSQL = "runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d aiplatform"
+TTL = 20            # postgresql_patroni_ttl (the role's default; the lab does not change it)
+SETTLE = 60         # seconds of writes after a fault, for the app to write again
 
 
 def measure(lab: Lab) -> dict:
-    """Switchover and failover timed from the application's side: writers POST new
-    projects to the API (4 threads, straight to the app hosts from the load balancer,
-    past Nginx's rate limit) while playbooks/pg_switchover.yml runs, or while the
-    primary has crashed (lab.py kill: SIGKILL to all its processes) and
-    playbooks/pg_failover.yml promotes the replica (with asynchronous replication,
-    then with synchronous). Measured: seconds from the start
-    (playbook start; power-off for a failover) until the app writes again, how long
-    writes failed, and committed writes lost: answered 201 but absent on the new
-    primary. The lab is put back as it was (pg_rejoin.yml, switchover back)."""
-    primary = lab.groups["db_primary"][0]
-    replica = lab.groups["db_replicas"][0]
+    """Writers POST new projects to the API (4 threads, straight to the app hosts from
+    the load balancer, past Nginx's rate limit) while, one after another: a planned
+    switchover (pg_switchover.yml); the leader powered off; every
+    PostgreSQL process of the leader killed (SIGKILL); the leader cut off the network
+    (lab.py cut), with a write tried on it every second from inside the host. No playbook
+    runs after a fault: Patroni alone must restore writes. The power-off pulls the cord
+    (lab.py kill: SIGKILL to every process of the host; an orderly shutdown would let
+    Patroni hand over first). Measured per fault: seconds
+    from the fault until the app writes again, how long writes failed, committed writes
+    lost (answered 201 but absent on the leader afterwards), the writes the isolated
+    leader accepted after its TTL, and the seconds until the faulty host streams as a
+    replica again by itself (power and network back)."""
+    dbs = lab.groups["db_primary"] + lab.groups.get("db_replicas", [])
     apps = ",".join(lab.addr[h] for h in lab.app_hosts)
     token = lab.token()
     on(lab.lb, f"cat > /tmp/writer.py <<'PY'\n{remote_script('writer.py')}\nPY")
+    sync = on(pg.leader(dbs), f"{pg.PSQL} -d postgres -c 'SHOW synchronous_standby_names'").strip()
+    out: dict = {"members": dbs, "ttl_s": TTL, "synchronous_standby_names": sync}
 
-    def playbook(name: str, *extra: str) -> float:
-        return lab.playbook(f"playbooks/{name}", *extra)[0]
-
-    def measure_one(prefix: str, act, new_primary: str) -> dict:
+    def writes(prefix: str, fault) -> dict:
         # A writer left by an interrupted run would write into the new file: end it first (by its PID file).
         on(lab.lb, f"touch /tmp/writer-{prefix}.stop; p=$(cat /tmp/writer-{prefix}.pid 2>/dev/null) && "
                    f"while kill -0 $p 2>/dev/null; do sleep 1; done; rm -f /tmp/writer-{prefix}.stop; "
@@ -40,108 +44,119 @@ def measure(lab: Lab) -> dict:
         time.sleep(5)
         t0 = time.time()
         try:
-            took = act()
-            time.sleep(10)
+            extra = fault() or {}
+            time.sleep(max(0.0, SETTLE - (time.time() - t0)))
         finally:
             on(lab.lb, f"touch /tmp/writer-{prefix}.stop; sleep 16")
         rows = [json.loads(x) for x in on(lab.lb, f"cat /tmp/writer-{prefix}.jsonl").splitlines()]
+        res = {**_outage(rows, t0), **extra}
+        lead = pg.leader(dbs)
+        present = set(on(lead, f"{pg.PSQL} -d aiplatform -c \"SELECT name FROM projects WHERE name LIKE '{prefix}-%'\"").split())
         ok = [r for r in rows if r[2] == 201]
-        bad = [r for r in rows if r[2] != 201 and r[0] >= t0]
-        if bad:
-            last_bad = max(r[1] for r in bad)
-            again = min((r[1] for r in ok if r[0] >= last_bad), default=None)
-            before = max((r[1] for r in ok if r[1] <= min(r[0] for r in bad)), default=t0)
-        else:  # no failed write: the longest pause between two answered writes
-            ends = sorted(r[1] for r in ok if r[1] >= t0)
-            gaps = [(b - a, b) for a, b in zip([t0, *ends], ends)]
-            before, again = (max(gaps)[1] - max(gaps)[0], max(gaps)[1]) if gaps else (t0, None)
-        present = set(on(new_primary, f"{PSQL} -c \"SELECT name FROM projects WHERE name LIKE '{prefix}-%'\"").split())
-        lost = [r[3] for r in ok if r[3] not in present]
-        res = {"playbook_s": took, "writes_ok": len(ok), "writes_failed": len(bad),
-               "app_writes_again_s": round(again - t0, 1) if again else None,
-               "writes_stopped_s": round(again - before, 1) if again else None, "committed_lost": len(lost)}
+        res.update(leader_after=lead, committed_lost=len([r for r in ok if r[3] not in present]))
         log(f"failover {prefix}: {res}")
         return res
 
-    def rejoin(host: str, of: str) -> None:
-        """host streams from `of`: kept, rewound, or cloned again when that fails."""
-        try:
-            playbook("pg_rejoin.yml", "-e", f"primary={of}", "--limit", host)
-        except RuntimeError:
-            playbook("pg_rejoin.yml", "-e", f"primary={of}", "-e", "postgresql_replica_reclone=true", "--limit", host)
-
-    def put_back() -> None:
-        """After a failed step: both hosts up, the inventory's primary the primary again, the
-        other streaming from it."""
-        for h in (primary, replica):
-            lab_tool("start", h, check=False)  # up already, or booted degraded (a failed PostgreSQL): both fine here
-        time.sleep(10)
-        role = {h: on(h, f"{PSQL} -c 'SELECT pg_is_in_recovery()'", check=False).strip() for h in (primary, replica)}
-        log(f"failover: putting the lab back, pg_is_in_recovery: {role}")
-        if role[primary] != "f" and role[replica] == "f":
-            rejoin(primary, replica)
-            playbook("pg_switchover.yml", "-e", f"current_primary={replica}", "-e", f"new_primary={primary}")
-        on(primary, f"{PSQL} -c 'ALTER SYSTEM RESET synchronous_standby_names' -c 'SELECT pg_reload_conf()'")
-        rejoin(replica, primary)
-
-    out: dict = {"primary": primary, "replica": replica}
     try:
-        _runs(out, primary, replica, measure_one, playbook)
-    except BaseException:
-        put_back()
-        raise
-    finally:
-        on(primary, f"{PSQL} -c \"DELETE FROM projects WHERE name ~ '^(sw|foasync|fosync)-'\"", check=False)
+        first = pg.leader(dbs)
+        other = next(h for h in dbs if h != first)
+        out["switchover"] = writes("sw", lambda: {"playbook_s": lab.playbook("playbooks/pg_switchover.yml", "-e", f"new_primary={other}")[0]})
+
+        victim = pg.leader(dbs)
+        out["poweroff"] = writes("off", lambda: lab_tool("kill", victim) and None)
+        out["poweroff"]["host"] = victim
+        pg.boot(victim)
+        out["poweroff"]["rejoin_s"] = pg.wait_streaming(victim)
+
+        victim = pg.leader(dbs)
+        out["sigkill"] = writes("kill", lambda: on(victim, "pkill -KILL -u postgres -x postgres") and None)
+        out["sigkill"]["host"] = victim
+
+        victim = pg.leader(dbs)
+        out["partition"] = writes("cut", lambda: _cut_and_probe(victim))
+        out["partition"]["host"] = victim
+        lab_tool("heal", victim)
+        out["partition"]["rejoin_s"] = pg.wait_streaming(victim)
+    finally:  # every member powered on and connected again, whatever step failed
+        for h in dbs:
+            lab_tool("heal", h, check=False)
+            lab_tool("start", h, check=False)
+        lead = pg.leader(dbs)
+        on(lead, f"{pg.PSQL} -d aiplatform -c \"DELETE FROM projects WHERE name ~ '^(sw|off|kill|cut)-'\" "
+                 f"-c 'DROP TABLE IF EXISTS bench_fence'", check=False)
     return out
 
 
-def _runs(out: dict, primary: str, replica: str, measure_one, playbook) -> None:
-    out["switchover"] = measure_one("sw", lambda: playbook("pg_switchover.yml", "-e", f"new_primary={replica}"), replica)
-    out["switchover"]["switch_back_s"] = playbook("pg_switchover.yml", "-e", f"current_primary={replica}", "-e", f"new_primary={primary}")
-    app_name = on(primary, f"{PSQL} -c 'SELECT application_name FROM pg_stat_replication'").split()[0]
-    for mode in ("async", "sync"):
-        sync = f"ANY 1 ({app_name})" if mode == "sync" else ""
-        on(primary, f"{PSQL} -c \"ALTER SYSTEM SET synchronous_standby_names = '{sync}'\" -c 'SELECT pg_reload_conf()'")
-        time.sleep(2)
-        state = on(primary, f"{PSQL} -c 'SELECT sync_state FROM pg_stat_replication'").strip()
+def _outage(rows: list, t0: float) -> dict:
+    """From the writers' records: seconds from the fault (t0) until writes succeed again,
+    and how long they failed."""
+    ok = [r for r in rows if r[2] == 201]
+    bad = [r for r in rows if r[2] != 201 and r[0] >= t0]
+    if bad:
+        last_bad = max(r[1] for r in bad)
+        again = min((r[1] for r in ok if r[0] >= last_bad), default=None)
+        before = max((r[1] for r in ok if r[1] <= min(r[0] for r in bad)), default=t0)
+    else:  # no failed write: the longest pause between two answered writes
+        ends = sorted(r[1] for r in ok if r[1] >= t0)
+        gaps = [(b - a, b) for a, b in zip([t0, *ends], ends)]
+        before, again = (max(gaps)[1] - max(gaps)[0], max(gaps)[1]) if gaps else (t0, None)
+    return {"writes_ok": len(ok), "writes_failed": len(bad),
+            "app_writes_again_s": round(again - t0, 1) if again else None,
+            "writes_stopped_s": round(again - before, 1) if again else None}
 
-        def power_off_and_fail_over() -> float:
-            # kill, not stop: an orderly power-off shuts PostgreSQL down cleanly and its WAL
-            # senders hand every commit to the replica first; a crash does not.
-            lab_tool("kill", primary)
-            return playbook("pg_failover.yml")
-        res = measure_one(f"fo{mode}", power_off_and_fail_over, replica)
-        res["sync_state"] = state
-        lab_tool("start", primary)
-        for _ in range(60):
-            if on(primary, "systemctl is-system-running", check=False).strip() in ("running", "degraded"):
-                break
-            time.sleep(2)
-        res["rejoin_s"] = playbook("pg_rejoin.yml", "-e", f"primary={replica}", "--limit", primary)
-        res["switch_back_s"] = playbook("pg_switchover.yml", "-e", f"current_primary={replica}", "-e", f"new_primary={primary}")
-        on(primary, f"{PSQL} -c 'ALTER SYSTEM RESET synchronous_standby_names' -c 'SELECT pg_reload_conf()'")
-        out[f"failover_{mode}"] = res
+
+def _cut_and_probe(host: str) -> dict:
+    """Cut the leader off the network and try a write on it every second, from inside the
+    host (synchronous_commit=local, so that only its own state decides), for TTL + 20 s."""
+    on(host, f"{pg.PSQL} -d aiplatform -c 'CREATE TABLE IF NOT EXISTS bench_fence (at timestamptz)'")
+    lab_tool("cut", host)
+    t_cut = time.time()
+    tries = []
+    while time.time() - t_cut < TTL + 20:
+        t = time.time()
+        r = on(host, f"{pg.PSQL} -d aiplatform -c 'SET synchronous_commit TO local' -c 'SET statement_timeout TO 2000' "
+                     "-c 'INSERT INTO bench_fence VALUES (clock_timestamp())' && echo WROTE", check=False, timeout=30)
+        tries.append((round(t - t_cut, 1), "WROTE" in r))
+        time.sleep(max(0.0, 1 - (time.time() - t)))
+    accepted = [t for t, ok in tries if ok]
+    return {"fence_tries": len(tries), "fence_last_accepted_s": max(accepted, default=None),
+            "fence_accepted_after_ttl": len([t for t in accepted if t > TTL])}
 
 
 def rows(res: dict) -> list[Row]:
     fo = res.get(NAME)
     if not fo:
         return []
-    sw = fo["switchover"]
-    out = [Row(f"switchover ({fo['primary']} → {fo['replica']}, pg_switchover.yml) under app writes: start → app writes again",
-               "≤ 15 s; 0 committed writes lost",
-               f"{sw['app_writes_again_s']} s (writes failed for {sw['writes_stopped_s']} s, playbook {sw['playbook_s']} s); "
-               f"{sw['committed_lost']} lost of {sw['writes_ok']} committed",
-               sw["app_writes_again_s"] is not None and sw["app_writes_again_s"] <= 15 and sw["committed_lost"] == 0)]
-    for mode in ("async", "sync"):
-        f = fo.get(f"failover_{mode}")
-        if f:
-            sync = mode == "sync"
-            out.append(Row(f"failover, {'synchronous (ANY 1)' if sync else 'asynchronous'} replication: primary crashed "
-                           "(SIGKILL to all its processes) under app writes, pg_failover.yml run at once: crash → app writes again; "
-                           "committed writes lost",
-                           "app writes again; 0 committed writes lost" if sync else "app writes again; loss reported",
-                           f"{f['app_writes_again_s']} s (playbook {f['playbook_s']} s); {f['committed_lost']} lost of "
-                           f"{f['writes_ok']} committed; replica state `{f['sync_state']}`",
-                           f["app_writes_again_s"] is not None and (f["committed_lost"] == 0 or not sync)))
+    mode = f"synchronous ({fo['synchronous_standby_names']})" if fo["synchronous_standby_names"] else "asynchronous"
+    out = []
+    sw = fo.get("switchover")
+    if sw:
+        out.append(Row("switchover (pg_switchover.yml, through Patroni) under app writes: start → app writes again",
+                       "≤ 15 s; 0 committed writes lost",
+                       f"{sw['app_writes_again_s']} s (writes failed for {sw['writes_stopped_s']} s, playbook "
+                       f"{sw['playbook_s']} s); {sw['committed_lost']} lost of {sw['writes_ok']} committed",
+                       sw["app_writes_again_s"] is not None and sw["app_writes_again_s"] <= 15 and sw["committed_lost"] == 0))
+    for key, what in (("poweroff", "the leader powered off (power cord pulled)"), ("sigkill", "SIGKILL of every PostgreSQL process of the leader"),
+                      ("partition", "the leader cut off the network")):
+        f = fo.get(key)
+        if not f:
+            continue
+        again = f["app_writes_again_s"]
+        lost_ok = f["committed_lost"] == 0 or not fo["synchronous_standby_names"]
+        out.append(Row(f"failover by Patroni alone, {what}, under app writes ({mode} replication, ttl {fo['ttl_s']} s): "
+                       "fault → app writes again; committed writes lost",
+                       "≤ 30 s (stretch 15 s); 0 lost with synchronous replication",
+                       f"{again} s (writes failed for {f['writes_stopped_s']} s); {f['committed_lost']} lost of "
+                       f"{f['writes_ok']} committed; leader afterwards {f['leader_after']}",
+                       again is not None and again <= 30 and lost_ok))
+        if "rejoin_s" in f:
+            out.append(Row(f"{what}: the old leader ({f['host']}) streams as a replica again by itself once it is back",
+                           "rejoins without a playbook", f"{f['rejoin_s']} s" if f["rejoin_s"] is not None else "not within 600 s",
+                           f["rejoin_s"] is not None))
+    p = fo.get("partition")
+    if p:
+        out.append(Row(f"fencing: writes accepted by the isolated old leader after the TTL ({fo['ttl_s']} s), one try a second "
+                       "from inside the host", "0",
+                       f"{p['fence_accepted_after_ttl']} of {p['fence_tries']} tries; last accepted "
+                       f"{p['fence_last_accepted_s']} s after the cut", p["fence_accepted_after_ttl"] == 0))
     return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 from bench.lab import Lab, log, on, remote_script
 from bench.report import Row
@@ -15,8 +16,9 @@ def measure(lab: Lab) -> dict:
     set size: pages shared between processes, such as PostgreSQL's shared buffers or
     the forked gunicorn workers' code, are divided among them, so the sum over a
     unit's processes is its real share) and RSS, summed over the unit's processes."""
-    wanted = re.compile(r"^(ai-platform-.*|postgresql@.*|redis@.*|chromadb|nginx|prometheus|prometheus-alertmanager)[.]service$")
-    groups = ["app", "db_primary", "db_replicas", "redis", "vector", "lb", "monitoring"]
+    wanted = re.compile(r"^(ai-platform-.*|postgresql@.*|patroni@.*|etcd|pgbackrest|redis@.*|chromadb|nginx|prometheus"
+                        r"|prometheus-alertmanager)[.]service$")
+    groups = ["app", "db_primary", "db_replicas", "etcd", "backup", "redis", "vector", "lb", "monitoring"]
     hosts = sorted({h for g in groups for h in lab.groups.get(g, [])})
     out = {}
     for host in hosts:
@@ -28,6 +30,30 @@ def measure(lab: Lab) -> dict:
     out = dict(sorted(out.items()))
     for k, v in out.items():
         log(f"memory {k}: PSS {v['pss_mib']:.0f} MiB, RSS {v['rss_mib']:.0f} MiB, {v['processes']} processes")
+    out["idle_cpu"] = _idle_cpu(sorted(set(lab.groups.get("etcd", []) + lab.groups.get("db_primary", [])
+                                           + lab.groups.get("db_replicas", []))))
+    return out
+
+
+def _idle_cpu(hosts: list[str], secs: int = 60) -> dict:
+    """CPU of the high-availability daemons (etcd, Patroni) on an idle cluster: systemd's
+    CPUUsageNSec of each unit over secs seconds, as a share of one core."""
+    units = "etcd.service 'patroni@*.service'"
+    read = f"systemctl show -p Id -p CPUUsageNSec {units}"
+
+    def sample() -> dict:
+        got = {}
+        for h in hosts:
+            for block in on(h, read, check=False).split("\n\n"):
+                kv = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+                if kv.get("CPUUsageNSec", "").isdigit() and "Id" in kv:
+                    got[f"{h}:{kv['Id'].removesuffix('.service')}"] = int(kv["CPUUsageNSec"])
+        return got
+    before = sample()
+    time.sleep(secs)
+    after = sample()
+    out = {k: round((after[k] - v) / (secs * 1e9) * 100, 2) for k, v in before.items() if k in after}
+    log(f"memory: idle CPU over {secs} s (% of one core): {out}")
     return out
 
 
@@ -35,6 +61,10 @@ def rows(res: dict) -> list[Row]:
     m = res.get(NAME)
     if not m:
         return []
-    return [Row("memory per service after warm-up (host:unit PSS / RSS in MiB, summed over the unit's processes; PSS "
-             "divides shared pages such as PostgreSQL's shared buffers among the processes)", "reported",
-             ", ".join(f"{k} {v['pss_mib']:.0f} / {v['rss_mib']:.0f}" for k, v in m.items()))]
+    out = [Row("memory per service after warm-up (host:unit PSS / RSS in MiB, summed over the unit's processes; PSS "
+               "divides shared pages such as PostgreSQL's shared buffers among the processes)", "reported",
+               ", ".join(f"{k} {v['pss_mib']:.0f} / {v['rss_mib']:.0f}" for k, v in m.items() if k != "idle_cpu"))]
+    if m.get("idle_cpu"):
+        out.append(Row("CPU of etcd and Patroni on an idle cluster (systemd's CPU accounting over 60 s, % of one core)",
+                       "reported", ", ".join(f"{k} {v} %" for k, v in m["idle_cpu"].items())))
+    return out

@@ -6,11 +6,11 @@ A section that fills its results as it goes can be measure(lab, out) under
 A new section: its module, then its place in RUN and TABLE below."""
 from __future__ import annotations
 
-from bench import converge, database, deploy, failover, indexing, memory, ratelimits, release, serving
+from bench import converge, database, deploy, failover, indexing, memory, pitr, ratelimits, release, serving
 
 # A whole `make bench`, in this order: converge boots the lab fresh and leaves it deployed;
 # memory comes after the sections that warm the services up.
-RUN = [converge, serving, ratelimits, failover, memory, deploy, release, indexing, database]
+RUN = [converge, serving, ratelimits, failover, pitr, memory, deploy, release, indexing, database]
 # The order of the results table.
-TABLE = [serving, ratelimits, converge, deploy, release, memory, database, failover, indexing]
+TABLE = [serving, ratelimits, converge, deploy, release, memory, database, failover, pitr, indexing]
 BY_NAME = {s.NAME: s for s in RUN}

@@ -2,6 +2,7 @@
 
 Every subcommand ends with one marker line that automation can match:
   migrate       ->  "migrate: changed (...)"        or "migrate: no change (...)"
+  migrate --check -> "migrate: pending (...)"        or "migrate: up to date (...)"
   migrate-vectors -> "migrate-vectors: changed (...)" or "migrate-vectors: no change (...)"
   create-admin  ->  "create-admin: created <email>" / "updated" / "no change"
                     (an existing non-admin account only with --promote; exit 1 without)
@@ -46,6 +47,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     settings = _settings("migrate")
     cfg = migrate.alembic_config(settings.database_url)
+    if args.check:
+        # What an upgrade would apply, without applying it (deploys make a restore
+        # point before migrations only when there are any).
+        current, head = migrate.current_revisions(cfg), migrate.head_revision(cfg)
+        if head in current:
+            print(f"migrate: up to date (at {head})")
+        else:
+            print(f"migrate: pending (at {', '.join(current) or 'nothing'}, head {head})")
+        return 0
     if args.sql:
         from alembic import command
 
@@ -202,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="alembic upgrade head; prints applied revisions")
     p.add_argument("--sql", action="store_true", help="print the SQL instead (offline)")
+    p.add_argument("--check", action="store_true",
+                   help="only tell whether revisions are pending ('migrate: pending' or 'migrate: up to date')")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("migrate-vectors",

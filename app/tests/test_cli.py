@@ -25,6 +25,17 @@ def test_migrate_reports_applied_then_no_change(fresh_db: str) -> None:
     assert second.stdout.strip() == "migrate: no change (already at 0003)"
 
 
+def test_migrate_check_tells_pending_then_up_to_date(fresh_db: str) -> None:
+    """deploy.yml makes a restore point before migrations only when --check says some are pending."""
+    before = run(["migrate", "--check"], db=fresh_db)
+    assert before.returncode == 0, before.stderr
+    assert before.stdout.startswith("migrate: pending (at nothing, head "), before.stdout
+    assert run(["migrate"], db=fresh_db).returncode == 0
+    after = run(["migrate", "--check"], db=fresh_db)
+    assert after.returncode == 0, after.stderr
+    assert after.stdout.startswith("migrate: up to date (at "), after.stdout
+
+
 def test_migrate_from_earlier_revision(fresh_db: str) -> None:
     from app import migrate
 

@@ -17,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench import lab as benchlab  # bench/lab.py: the lab helpers the benchmarks use
+from bench import pg  # the database cluster as Patroni sees it
 
 REPO, INVENTORY, LAB, OUT = benchlab.REPO, benchlab.INVENTORY, benchlab.LAB, benchlab.OUT
 CA = "/tmp/drill-ca.crt"
@@ -39,10 +40,20 @@ class Lab:
         self.addr = {h: v["ansible_host"] for h, v in inv["_meta"]["hostvars"].items()}
         self.lb, self.client = self.groups["lb"][0], self.groups["lab_clients"][0]
         self.apps = self.groups["app"]
-        self.primary, self.replicas = self.groups["db_primary"][0], self.groups.get("db_replicas", [])
+        self.dbs = self.groups["db_primary"] + self.groups.get("db_replicas", [])
         self.redis = self.groups["redis"][0]
         self.base = f"https://{self.addr[self.lb]}:443"
         self.vip = ""  # the load balancers' virtual IP, when keepalived runs (the_lab sets it)
+
+    @property
+    def primary(self) -> str:
+        """The database member that leads now (Patroni decides, not the inventory)."""
+        return pg.leader(self.dbs)
+
+    @property
+    def replicas(self) -> list[str]:
+        lead = self.primary
+        return [h for h in self.dbs if h != lead]
 
     def hosts(self) -> list[str]:
         return sorted(self.addr)

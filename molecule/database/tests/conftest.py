@@ -1,4 +1,5 @@
 """Helpers shared by the database scenario's tests (pytest loads this file for each test module here)."""
+import json
 import re
 import time
 
@@ -14,7 +15,8 @@ REPLICAS = {h: ADDRESSES[h] for h in ("db-2", "db-3")}
 PG_VERSION = "15"  # Debian 12
 DATA_DIR = f"/var/lib/postgresql/{PG_VERSION}/main"
 CONF_DIR = f"/etc/postgresql/{PG_VERSION}/main"
-UNIT = f"postgresql@{PG_VERSION}-main.service"
+UNIT = f"patroni@{PG_VERSION}-main.service"
+PATRONI_CONFIG = f"/etc/patroni/{PG_VERSION}-main.yml"
 
 
 def name(host):
@@ -23,6 +25,20 @@ def name(host):
 
 def sql(host, query, db="postgres"):
     return host.check_output("runuser -u postgres -- psql -XAt -d %s -c %s", db, query)
+
+
+def cluster(host):
+    """Patroni's view of the cluster (patronictl list), as {member: row}."""
+    out = host.check_output(f"runuser -u postgres -- patronictl -c {PATRONI_CONFIG} list -f json")
+    return {m["Member"]: m for m in json.loads(out)}
+
+
+def leader(host):
+    """The member that leads now."""
+    members = cluster(host)
+    leaders = [m for m, row in members.items() if row["Role"] == "Leader" and row["State"] == "running"]
+    assert len(leaders) == 1, members
+    return leaders[0]
 
 
 def other(host, hostname):

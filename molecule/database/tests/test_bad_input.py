@@ -17,23 +17,32 @@ PASSWORDS = {
     "postgresql_app_password": "app-secret-123",
     "postgresql_replication_password": "repl-secret-123",
     "postgresql_admin_password": "admin-secret-123",
+    "postgresql_patroni_api_password": "patroni-secret-123",
 }
 
 
-def inventory(primary, replicas, extra_vars=None, app=()):
-    def hosts(names):
-        return {n: {"ansible_host": f"10.99.0.{i + 1}"} for i, n in enumerate(names)} or None
+def inventory(primary, replicas, extra_vars=None, app=(), etcd=None, backup=("bak1",)):
+    """A database inventory; the etcd group defaults to three of its hosts (the database hosts, then etcd-N)."""
+    def hosts(names, base=1):
+        return {n: {"ansible_host": f"10.99.0.{i + base}"} for i, n in enumerate(names)} or None
     allvars = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, **PASSWORDS}
     allvars.update(extra_vars or {})
-    groups = {"db_primary": {"hosts": hosts(primary)}, "db_replicas": {"hosts": hosts(replicas)}}
+    groups = {"db_primary": {"hosts": hosts(primary)}, "db_replicas": {"hosts": hosts(replicas, 11)},
+              "backup": {"hosts": hosts(backup, 50)}}
+    if etcd is None:
+        etcd = (list(primary) + list(replicas) + ["etcd-1", "etcd-2", "etcd-3"])[:3]
+    if etcd != "absent":
+        groups["etcd"] = {"hosts": {n: ({"ansible_host": f"10.99.0.{30 + i}"} if n.startswith("etcd-") else None)
+                                    for i, n in enumerate(etcd)} or None}
     if app:
         groups["app"] = {"hosts": {n: {"ansible_host": "app.example.org"} for n in app}}
     return {"all": {"vars": allvars, "children": groups}}
 
 
 CASES = {
-    "no primary": (inventory([], ["db2", "db3"]), "must hold exactly one host (the primary); it holds 0"),
-    "two primaries": (inventory(["db1", "db2"], ["db3"]), "must hold exactly one host (the primary); it holds 2"),
+    "no primary": (inventory([], ["db2", "db3"]), "must hold exactly one host (the host that starts the cluster); it holds 0"),
+    "two primaries": (inventory(["db1", "db2"], ["db3"]),
+                      "must hold exactly one host (the host that starts the cluster); it holds 2"),
     "host both primary and replica": (
         {"all": {"vars": inventory(["db1"], [])["all"]["vars"],
                  "children": {"db_primary": {"hosts": {"db1": {"ansible_host": "10.99.0.1"}}},
@@ -47,7 +56,27 @@ CASES = {
     "app host without address": (
         inventory(["db1"], ["db2"], app=["app1"]), "no IP address for app1"),
     "synchronous without replicas": (
-        inventory(["db1"], [], {"postgresql_synchronous_replication": True}), "check postgresql_synchronous_num"),
+        inventory(["db1"], [], {"postgresql_synchronous_replication": True}),
+        "synchronous replication needs at least two replicas"),
+    "synchronous with one replica": (
+        inventory(["db1"], ["db2"], {"postgresql_synchronous_replication": True}),
+        "synchronous replication needs at least two replicas"),
+    "even number of etcd members": (
+        inventory(["db1"], ["db2"], etcd=["db1", "db2"]), "it must hold 3, 5 or 7 inventory hosts"),
+    "no etcd group": (inventory(["db1"], ["db2", "db3"], etcd="absent"), "'etcd' (not in the inventory)"),
+    "etcd member that is no inventory host with an address": (
+        {"all": {"vars": inventory(["db1"], ["db2"])["all"]["vars"],
+                 "children": {**inventory(["db1"], ["db2"])["all"]["children"],
+                              "etcd": {"hosts": {"db1": None, "db2": None, "witness": None}}}}},
+        "with an address (without one: witness)"),
+    "no backup host": (
+        inventory(["db1"], ["db2", "db3"], backup=()), "which must hold at least one host that is not a database host"),
+    "backup host is a database host": (
+        {"all": {"vars": inventory(["db1"], ["db2"])["all"]["vars"],
+                 "children": {**inventory(["db1"], ["db2"])["all"]["children"], "backup": {"hosts": {"db2": None}}}}},
+        "which must hold at least one host that is not a database host"),
+    "Patroni timing": (
+        inventory(["db1"], ["db2"], {"postgresql_patroni_ttl": 10}), "loop_wait + 2 x retry_timeout must not exceed ttl"),
 }
 
 

@@ -1,9 +1,10 @@
 """What the monitoring and exporters roles promise, checked on the database scenario's hosts.
 
-db-mon runs Prometheus, Alertmanager, Redis and Debian's nginx; db-1 is the
-PostgreSQL primary, db-2 a replica and the backup host, db-3 a replica. The
-alert checks run from db-mon and act on the database hosts (windows are short
-in molecule.yml).
+db-mon runs Prometheus, Alertmanager, Redis, Debian's nginx and the pgBackRest
+repository; db-1, db-2 and db-3 run PostgreSQL under Patroni and etcd (after the
+side effect any of them may lead), db-2 is the logical backup host. The alert
+checks run from db-mon and act on the database hosts (windows are short in
+molecule.yml).
 """
 
 import json
@@ -12,10 +13,10 @@ import time
 import urllib.parse
 
 import pytest
-from conftest import ADDRESSES, DB_HOSTS, MON, name, other, wait_for
+from conftest import ADDRESSES, DB_HOSTS, MON, leader, name, other, wait_for
 
 PROM = LB = MON
-DB_PRIMARY, DB_REPLICA = "db-1", "db-2"
+DB_REPLICA = "db-2"  # the logical backup host
 # GET a URL on the host itself (no curl in the lab images) and print the body.
 GET = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
 
@@ -117,7 +118,7 @@ def test_prometheus_and_alertmanager_run_in_their_sandbox(prom, exposure):
 def test_every_target_is_up(prom):
     expected = {("prometheus", PROM), ("alertmanager", PROM), ("node", PROM), ("redis", f"{PROM}:broker"),
                 ("redis", f"{PROM}:cache"), ("nginx", LB)}
-    expected |= {(job, h) for h in DB_HOSTS for job in ("node", "postgres")}
+    expected |= {(job, h) for h in DB_HOSTS for job in ("node", "postgres", "patroni", "etcd")}
 
     def all_up():
         targets = api(prom, "targets")["activeTargets"]
@@ -130,7 +131,8 @@ def test_every_target_is_up(prom):
 
 def test_rules_are_loaded_with_annotations(prom):
     rules = [r for g in api(prom, "rules")["groups"] for r in g["rules"]]
-    assert len(rules) == 16
+    written = int(prom.check_output("cat /etc/prometheus/rules/*.yml | grep -c '^ *- alert:'"))
+    assert len(rules) == written and written >= 28
     for r in rules:
         assert r["annotations"]["summary"] and r["annotations"]["description"], r["name"]
 
@@ -140,14 +142,21 @@ def test_exporters_report_replication_redis_and_certificates(prom):
         return api(prom, "query?query=" + urllib.parse.quote(q))["result"]
 
     wait_for("first scrapes", lambda: query("aiplatform_pg_replication_slot_active"), timeout=60)
-    slots = query(f'aiplatform_pg_replication_slot_active{{instance="{DB_PRIMARY}"}}')
-    assert sorted((s["metric"]["slot_name"], s["value"][1]) for s in slots) == [("db_2", "1"), ("db_3", "1")]
-    for replica in ("db-2", "db-3"):
+    lead = leader(other(prom, "db-1"))
+    replicas = [h for h in DB_HOSTS if h != lead]
+    slots = query(f'aiplatform_pg_replication_slot_active{{instance="{lead}"}}')
+    assert sorted((s["metric"]["slot_name"], s["value"][1]) for s in slots) == [(h.replace("-", "_"), "1") for h in replicas]
+    for replica in replicas:
         assert query(f'aiplatform_pg_recovery_wal_receiver_streaming{{instance="{replica}"}}')[0]["value"][1] == "1"
+    # Patroni: one primary, every member runs its PostgreSQL; etcd: every member sees a leader; the archive works.
+    assert [r["metric"]["instance"] for r in query("patroni_primary == 1")] == [lead]
+    assert {r["metric"]["instance"] for r in query("patroni_postgres_running == 1")} == set(DB_HOSTS)
+    assert {r["metric"]["instance"] for r in query("etcd_server_has_leader == 1")} == set(DB_HOSTS)
+    assert [r["metric"]["instance"] for r in query("aiplatform_pg_archiver_failing == 0")] == [lead]
     assert {r["metric"]["instance"] for r in query("redis_up == 1")} == {f"{PROM}:broker", f"{PROM}:cache"}
     assert [r["metric"]["instance"] for r in query("nginx_up == 1")] == [LB]
     assert query("nginx_connections_accepted > 0")
-    units = query('node_systemd_unit_state{name="postgresql.service", state="active"} == 1')
+    units = query('node_systemd_unit_state{name="patroni@15-main.service", state="active"} == 1')
     assert {r["metric"]["instance"] for r in units} == set(DB_HOSTS)
     certs = query("tls_certificate_not_after_timestamp_seconds - time() > 300 * 86400")
     assert {r["metric"]["instance"] for r in certs} >= set(DB_HOSTS)
@@ -185,20 +194,44 @@ def test_a_failed_backup_fires_the_backup_alert(prom):
     assert "postgresql_backup_last_exit_status 0" in db.file(metrics).content_string
 
 
-def test_stopping_the_replica_fires_the_replica_alert(prom):
-    db = other(prom, DB_REPLICA)
-    started = time.monotonic()
-    db.run_test("systemctl stop postgresql.service")
+def test_a_failed_pgbackrest_run_fires_its_alert(prom):
+    metrics = "/var/lib/prometheus/node-exporter/pgbackrest.prom"
+    assert 'pgbackrest_run_last_exit_status{kind="full"} 0' in prom.file(metrics).content_string
+    dropin = "/run/systemd/system/pgbackrest-backup@incr.service.d"
+    prom.run_test(f"mkdir -p {dropin} && printf '[Service]\\nExecStartPre=\\nExecStart=\\nExecStart=/bin/false\\n' "
+                  f">{dropin}/fail.conf && systemctl daemon-reload")
     try:
-        alert = wait_for("PostgresqlReplicaNotStreaming firing",
-                         lambda: firing(prom, "PostgresqlReplicaNotStreaming"), timeout=120)
-        print(f"PostgresqlReplicaNotStreaming fired {time.monotonic() - started:.0f} s after the stop")
-        assert alert[0]["labels"]["instance"] == DB_PRIMARY
-        assert alert[0]["labels"]["slot_name"] == "db_2"
-        wait_for("PostgresqlDown firing", lambda: firing(prom, "PostgresqlDown"), timeout=90)
+        assert prom.run("systemctl start pgbackrest-backup@incr.service").rc != 0
+        content = prom.file(metrics).content_string
+        assert 'pgbackrest_run_last_exit_status{kind="incr"} 1' in content
+        assert 'pgbackrest_run_last_exit_status{kind="full"} 0' in content  # the other kinds kept
+        alert = wait_for("PgbackrestBackupFailed firing", lambda: firing(prom, "PgbackrestBackupFailed"), timeout=90)
+        assert alert[0]["labels"]["kind"] == "incr"
     finally:
-        db.run_test("systemctl start postgresql.service")
-    wait_for("replica streaming again", lambda: not firing(prom, "PostgresqlReplicaNotStreaming"), timeout=120)
+        prom.run(f"rm -rf {dropin} && systemctl daemon-reload && systemctl reset-failed pgbackrest-backup@incr.service")
+    prom.run_test("systemctl start pgbackrest-backup@incr.service")
+    assert 'pgbackrest_run_last_exit_status{kind="incr"} 0' in prom.file(metrics).content_string
+    wait_for("PgbackrestBackupFailed resolved", lambda: not firing(prom, "PgbackrestBackupFailed"), timeout=120)
+
+
+def test_stopping_a_replica_fires_its_alerts(prom):
+    lead = leader(other(prom, "db-1"))
+    replica = next(h for h in DB_HOSTS if h != lead)
+    db = other(prom, replica)
+    started = time.monotonic()
+    db.run_test("systemctl stop patroni@15-main.service")  # Patroni stops its PostgreSQL
+    try:
+        alert = wait_for("PostgresqlDown firing", lambda: [
+            a for a in firing(prom, "PostgresqlDown") if a["labels"]["instance"] == replica], timeout=120)
+        print(f"PostgresqlDown fired {time.monotonic() - started:.0f} s after the stop")
+        assert alert
+        wait_for("TargetDown of Patroni firing", lambda: [
+            a for a in firing(prom, "TargetDown") if a["labels"]["job"] == "patroni" and a["labels"]["instance"] == replica],
+            timeout=120)
+    finally:
+        db.run_test("systemctl start patroni@15-main.service")
+    wait_for("alerts resolved", lambda: not [a for a in firing(prom, "PostgresqlDown") if a["labels"]["instance"] == replica],
+             timeout=180)
 
 
 def test_database_hosts_send_their_journals_to_the_collector(prom):

@@ -1,5 +1,5 @@
-"""Streaming replication, TLS, access rules and backups, after the side effect's switchover, failover,
-rejoin and switch back (the cluster ends as the inventory says: db-1 primary)."""
+"""Streaming replication, TLS, access rules and logical backups, after the side effect's switchover,
+failovers, re-clone and rolling restart: any member may lead now, so the tests ask Patroni which one does."""
 import os
 import subprocess
 import time
@@ -7,25 +7,21 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import (ADDRESSES, APP_HOST, BACKUP_HOST, CONF_DIR, DATA_DIR, DB_HOSTS, PG_VERSION, PRIMARY, REPLICAS,
-                      name, only, other, sql)
+from conftest import (ADDRESSES, APP_HOST, BACKUP_HOST, CONF_DIR, DATA_DIR, DB_HOSTS, PG_VERSION, leader, name, only,
+                      other, sql)
 
-PRIMARY_ADDR = ADDRESSES[PRIMARY]
 CA = "/etc/ai-platform/tls/ca.crt"
 APP_PASSWORD = "app-secret-for-molecule-only"
-
-
-def test_server_runs_and_starts_at_boot(host):
-    only(host, *DB_HOSTS)
-    assert host.service(f"postgresql@{PG_VERSION}-main").is_running
-    assert host.service("postgresql").is_enabled
 
 
 def test_listens_on_loopback_and_private_address_only(host):
     only(host, *DB_HOSTS)
     listening = host.check_output("ss -Hltn 'sport = :5432' | awk '{print $4}'").split()
-    own = PRIMARY_ADDR if name(host) == PRIMARY else REPLICAS[name(host)]
+    own = ADDRESSES[name(host)]
     assert sorted(listening) == sorted(["127.0.0.1:5432", f"{own}:5432"] + (["[::1]:5432"] if "[::1]:5432" in listening else []))
+    # Patroni's REST API: the private address only, TLS.
+    api = host.check_output("ss -Hltn 'sport = :8008' | awk '{print $4}'").split()
+    assert api == [f"{own}:8008"], api
 
 
 def test_data_checksums_and_scram(host):
@@ -64,48 +60,53 @@ def test_tls_key_private(host):
     assert (pgpass.user, pgpass.mode) == ("postgres", 0o600)
 
 
-def test_primary_streams_to_every_replica_over_tls(host):
-    only(host, PRIMARY)
+def test_leader_streams_to_every_replica_over_tls(host):
+    only(host, *DB_HOSTS)
+    if name(host) != leader(host):
+        pytest.skip("checked on the leader")
+    replicas = {h: ADDRESSES[h] for h in DB_HOSTS if h != name(host)}
     assert sql(host, "SELECT pg_is_in_recovery()") == "f"
-    rows = sql(host, "SELECT r.application_name, r.state, r.sync_state, s.ssl, r.client_addr "
+    rows = sql(host, "SELECT r.application_name, r.state, s.ssl, r.client_addr "
                      "FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) ORDER BY 1")
-    assert rows.splitlines() == [f"{h}|streaming|quorum|t|{a}" for h, a in sorted(REPLICAS.items())]
-    assert sql(host, "SHOW synchronous_standby_names") == 'ANY 1 ("db-2", "db-3")'
+    assert rows.splitlines() == [f"{h}|streaming|t|{a}" for h, a in sorted(replicas.items())]
+    # Patroni's synchronous mode: one of them confirms every commit.
+    sync = sql(host, "SELECT application_name FROM pg_stat_replication WHERE sync_state = 'sync'").split()
+    assert len(sync) == 1 and sync[0] in replicas, sync
+    assert sql(host, "SHOW synchronous_standby_names") == f'"{sync[0]}"'
 
 
 def test_one_active_slot_per_replica(host):
-    only(host, PRIMARY)
+    only(host, *DB_HOSTS)
+    if name(host) != leader(host):
+        pytest.skip("checked on the leader")
     slots = sql(host, "SELECT slot_name, slot_type, active FROM pg_replication_slots ORDER BY 1")
-    assert slots.splitlines() == [f"{h.replace('-', '_')}|physical|t" for h in sorted(REPLICAS)]
+    assert slots.splitlines() == [f"{h.replace('-', '_')}|physical|t" for h in DB_HOSTS if h != name(host)]
     assert sql(host, "SHOW max_slot_wal_keep_size") == "4GB"
 
 
-def test_replica_in_recovery_streaming_from_primary(host):
-    only(host, *REPLICAS)
+def test_replica_in_recovery_streaming_from_the_leader(host):
+    only(host, *DB_HOSTS)
+    lead = leader(host)
+    if name(host) == lead:
+        pytest.skip("a replica's check")
     assert sql(host, "SELECT pg_is_in_recovery()") == "t"
-    assert sql(host, "SELECT status, sender_host FROM pg_stat_wal_receiver") == f"streaming|{PRIMARY_ADDR}"
+    assert sql(host, "SELECT status, sender_host FROM pg_stat_wal_receiver") == f"streaming|{ADDRESSES[lead]}"
     assert host.file(f"{DATA_DIR}/standby.signal").exists
     # Nothing left over that would hold back WAL here.
     assert sql(host, "SELECT count(*) FROM pg_replication_slots") == "0"
 
 
-def test_replica_was_not_cloned_again(host):
-    """The idempotence run kept each replica's data directory (a clone makes a new one)."""
-    only(host, *REPLICAS)
-    recorded = host.file("/root/molecule-datadir-identity").content_string.strip()
-    assert host.check_output(f"stat -c '%i %W' {DATA_DIR}/PG_VERSION") == recorded
-
-
 def test_same_system_identifier_everywhere(host):
     only(host, *DB_HOSTS)
     sysid = sql(host, "SELECT system_identifier FROM pg_control_system()")
-    primary = other(host, PRIMARY)
-    assert sysid == sql(primary, "SELECT system_identifier FROM pg_control_system()")
+    assert sysid == sql(other(host, leader(host)), "SELECT system_identifier FROM pg_control_system()")
 
 
-def test_row_written_on_primary_is_visible_on_replica(host):
-    only(host, *REPLICAS)
-    primary = other(host, PRIMARY)
+def test_row_written_on_the_leader_is_visible_on_replica(host):
+    only(host, *DB_HOSTS)
+    if name(host) == leader(host):
+        pytest.skip("a replica's check")
+    primary = other(host, leader(host))
     token = str(uuid.uuid4())
     sql(primary, "CREATE TABLE IF NOT EXISTS molecule_probe (token text PRIMARY KEY, at timestamptz DEFAULT now())")
     sql(primary, f"INSERT INTO molecule_probe (token) VALUES ('{token}')")
@@ -117,7 +118,9 @@ def test_row_written_on_primary_is_visible_on_replica(host):
 
 
 def test_writes_refused_on_replica(host):
-    only(host, *REPLICAS)
+    only(host, *DB_HOSTS)
+    if name(host) == leader(host):
+        pytest.skip("a replica's check")
     result = host.run("runuser -u postgres -- psql -XAt -c 'CREATE TABLE refused (id int)'")
     assert result.rc != 0
     assert "read-only transaction" in result.stderr
@@ -125,18 +128,18 @@ def test_writes_refused_on_replica(host):
 
 def test_app_host_connects_over_verified_tls(host):
     only(host, APP_HOST)
-    conn = f"host={PRIMARY_ADDR} dbname=aiplatform user=aiplatform sslmode=verify-full sslrootcert={CA}"
+    conn = f"host={ADDRESSES[leader(host)]} dbname=aiplatform user=aiplatform sslmode=verify-full sslrootcert={CA}"
     out = host.check_output(f"PGPASSWORD={APP_PASSWORD} psql -XAt '{conn}' "
                             "-c 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'")
     assert out == "t"
     plain = host.run(f"PGPASSWORD={APP_PASSWORD} psql -XAt "
-                     f"'host={PRIMARY_ADDR} dbname=aiplatform user=aiplatform sslmode=disable' -c 'SELECT 1'")
+                     f"'host={ADDRESSES[leader(host)]} dbname=aiplatform user=aiplatform sslmode=disable' -c 'SELECT 1'")
     assert plain.rc != 0 and "no encryption" in plain.stderr
 
 
 def test_other_hosts_cannot_reach_the_app_database(host):
     only(host, BACKUP_HOST)
-    conn = f"host={PRIMARY_ADDR} dbname=aiplatform user=aiplatform sslmode=verify-full sslrootcert={CA}"
+    conn = f"host={ADDRESSES[leader(host)]} dbname=aiplatform user=aiplatform sslmode=verify-full sslrootcert={CA}"
     result = host.run(f"PGPASSWORD={APP_PASSWORD} psql -XAt '{conn}' -c 'SELECT 1'")
     assert result.rc != 0 and "no pg_hba.conf entry" in result.stderr
 
@@ -168,7 +171,9 @@ def test_backup_set_complete_and_private(host):
 
 
 def test_restored_database_matches_source(host):
-    only(host, PRIMARY)
+    only(host, *DB_HOSTS)
+    if name(host) != leader(host):
+        pytest.skip("checked on the leader")
     for table, key in (("pgbench_accounts", "aid"), ("pgbench_branches", "bid"), ("pgbench_tellers", "tid"), ("marker", "id")):
         q = f"SELECT count(*) || ' ' || md5(string_agg(t::text, ',' ORDER BY {key})) FROM {table} t"
         source = sql(host, q, db="aiplatform")
@@ -182,19 +187,19 @@ def test_restored_database_matches_source(host):
 
 
 def test_restore_refuses_to_replace_the_live_database():
-    """playbooks/restore.yml into the live database without both guard variables fails, changing nothing."""
+    """playbooks/restore_dump.yml into the live database without both guard variables fails, changing nothing."""
     inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
     if not inventory:
         pytest.skip("needs Molecule's inventory")
     repo = Path(os.environ.get("AIPL_REPO", Path(__file__).resolve().parents[3]))
     env = dict(os.environ, ANSIBLE_ROLES_PATH=str(repo / "roles"), ANSIBLE_NOCOLOR="1")
     run = subprocess.run(
-        ["ansible-playbook", "-i", inventory, str(repo / "playbooks/restore.yml"),
+        ["ansible-playbook", "-i", inventory, str(repo / "playbooks/restore_dump.yml"),
          "-e", "postgresql_restore_database=aiplatform", "-e", "postgresql_restore_replace=true"],
         capture_output=True, text=True, env=env, cwd=repo, timeout=600)
     out = run.stdout + run.stderr
     assert run.returncode != 0, out
-    assert "database aiplatform exists on db-1 (a live database of the application)" in out, out
+    assert "database aiplatform exists on db-" in out and "(a live database of the application)" in out, out
     assert "-e postgresql_restore_confirm=aiplatform" in out, out
     assert "changed=0" in out and "changed=1" not in out, out
 

@@ -1,0 +1,67 @@
+"""The database cluster as Patroni sees it, for the sections that measure it."""
+from __future__ import annotations
+
+import json
+import time
+
+from bench.lab import lab as lab_tool
+from bench.lab import log, on
+
+PSQL = "runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1"
+PATRONICTL = "runuser -u postgres -- patronictl -c /etc/patroni/{ver}-main.yml"
+
+
+def version(host: str) -> str:
+    return on(host, "ls /etc/postgresql").split()[-1]
+
+
+def members(hosts: list[str]) -> list[dict]:
+    """`patronictl list` from the first of hosts that answers."""
+    for h in hosts:
+        out = on(h, f"{PATRONICTL.format(ver=version(h))} list -f json", check=False, timeout=60)
+        try:
+            return json.loads(out)
+        except ValueError:
+            continue
+    raise RuntimeError(f"no Patroni member answered on {hosts}")
+
+
+def leader(hosts: list[str], timeout: float = 120) -> str:
+    """The member that leads and runs, waiting until there is one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            lead = [m["Member"] for m in members(hosts) if m["Role"] == "Leader" and m["State"] == "running"]
+            if len(lead) == 1:
+                return lead[0]
+        except RuntimeError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no leader among {hosts} within {timeout} s")
+        time.sleep(1)
+
+
+def streams(host: str) -> bool:
+    """host runs as a replica whose WAL receiver streams."""
+    q = "SELECT pg_is_in_recovery() AND (SELECT status FROM pg_stat_wal_receiver) = 'streaming'"
+    return on(host, f"{PSQL} -d postgres -c \"{q}\"", check=False, timeout=30).strip() == "t"
+
+
+def wait_streaming(host: str, timeout: float = 600) -> float | None:
+    """Seconds until host streams as a replica by itself (None: not within timeout)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if streams(host):
+            return round(time.monotonic() - t0, 1)
+        time.sleep(2)
+    return None
+
+
+def boot(host: str) -> None:
+    """Power a lab host on and wait until systemd runs there."""
+    lab_tool("start", host)
+    for _ in range(90):
+        if on(host, "systemctl is-system-running", check=False).strip() in ("running", "degraded"):
+            return
+        time.sleep(2)
+    log(f"pg: {host} did not finish booting")
