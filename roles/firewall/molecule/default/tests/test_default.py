@@ -30,13 +30,21 @@ def test_rules_per_host(host):
             f"ufw allow from 10.90.7.21 to any port {port} proto tcp comment 'ai-platform: {what}'"
             for port, what in (("5432", "postgresql"), ("6379", "redis-broker"), ("6380", "redis-cache"))
         }
-        # The primary and replicas of the model are sources too; this scenario has one primary (itself).
-        expected.add("ufw allow from 10.90.7.31 to any port 5432 proto tcp comment 'ai-platform: postgresql'")
+        # The database and Redis hosts of the model are sources too (replication, Patroni's
+        # REST API between members); this scenario has one database/Redis host: itself.
+        expected |= {
+            f"ufw allow from 10.90.7.31 to any port {port} proto tcp comment 'ai-platform: {what}'"
+            for port, what in (
+                ("5432", "postgresql"), ("8008", "patroni"), ("6379", "redis-broker"), ("6380", "redis-cache"),
+            )
+        }
         expected.add("ufw allow from 10.90.7.21 to any port 514 proto udp comment 'ai-platform: syslog'")
     elif name == "firewall-app":
         expected.add("ufw allow from 10.90.7.10 to any port 8000 proto tcp comment 'ai-platform: app'")
     elif name == "firewall-lb":
-        expected |= {"ufw allow 80/tcp comment 'ai-platform: http'", "ufw allow 443/tcp comment 'ai-platform: https'"}
+        # VRRP from the lb group: this scenario has one load balancer, itself.
+        expected |= {"ufw allow 80/tcp comment 'ai-platform: http'", "ufw allow 443/tcp comment 'ai-platform: https'",
+                     "ufw allow from 10.90.7.10 proto vrrp comment 'ai-platform: vrrp'"}
     assert got == expected
 
 
