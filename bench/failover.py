@@ -37,6 +37,8 @@ def measure(lab: Lab) -> dict:
     out: dict = {"members": dbs, "ttl_s": TTL, "synchronous_standby_names": sync}
 
     def writes(prefix: str, fault) -> dict:
+        if sync:
+            pg.wait_sync(dbs)
         # A writer left by an interrupted run would write into the new file: end it first (by its PID file).
         on(lab.lb, f"touch /tmp/writer-{prefix}.stop; p=$(cat /tmp/writer-{prefix}.pid 2>/dev/null) && "
                    f"while kill -0 $p 2>/dev/null; do sleep 1; done; rm -f /tmp/writer-{prefix}.stop; "

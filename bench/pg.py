@@ -41,6 +41,20 @@ def leader(hosts: list[str], timeout: float = 120) -> str:
         time.sleep(1)
 
 
+def wait_sync(hosts: list[str], timeout: float = 300) -> None:
+    """Synchronous mode: wait until a member is the leader's synchronous replica (Patroni
+    fails over only to one), so that each fault starts from a cluster that can fail over."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if any(m["Role"] == "Sync Standby" and m["State"] in ("running", "streaming") for m in members(hosts)):
+                return
+        except RuntimeError:
+            pass
+        time.sleep(2)
+    raise RuntimeError(f"no synchronous replica among {hosts} within {timeout} s")
+
+
 def streams(host: str) -> bool:
     """host runs as a replica whose WAL receiver streams."""
     q = "SELECT pg_is_in_recovery() AND (SELECT status FROM pg_stat_wal_receiver) = 'streaming'"

@@ -71,10 +71,10 @@ def test_every_role_uses_the_private_network():
 
 
 def _bad_scheduler_inventory() -> str:
-    """The scenario's inventory with a second Celery beat host (refused by the preflight)."""
+    """The scenario's inventory with Celery beat on a host that is not an app host (refused by the preflight)."""
     inv = yaml.safe_load(Path(INVENTORY).read_text())
-    inv["scheduler"]["hosts"]["e2e-app2"] = inv["app"]["hosts"]["e2e-app2"]
-    path = Path(INVENTORY).with_name("two-schedulers.yml")
+    inv["scheduler"]["hosts"]["e2e-lb"] = inv["lb"]["hosts"]["e2e-lb"]
+    path = Path(INVENTORY).with_name("beat-on-lb.yml")
     path.write_text(yaml.safe_dump(inv))
     return str(path)
 
