@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="alembic upgrade head; prints applied revisions")
     p.add_argument("--sql", action="store_true", help="print the SQL instead (offline)")
     p.add_argument("--check", action="store_true",
-                   help="only tell whether revisions are pending ('migrate: pending' or 'migrate: up to date')")
+                   help="only tell whether revisions are pending "
+                        "('migrate: pending' or 'migrate: up to date')")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("migrate-vectors",

@@ -26,7 +26,8 @@ def test_migrate_reports_applied_then_no_change(fresh_db: str) -> None:
 
 
 def test_migrate_check_tells_pending_then_up_to_date(fresh_db: str) -> None:
-    """deploy.yml makes a restore point before migrations only when --check says some are pending."""
+    """deploy.yml makes a restore point before migrations only when --check says some
+    are pending."""
     before = run(["migrate", "--check"], db=fresh_db)
     assert before.returncode == 0, before.stderr
     assert before.stdout.startswith("migrate: pending (at nothing, head "), before.stdout

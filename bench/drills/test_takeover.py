@@ -7,6 +7,7 @@ its replicas and the etcd members with it, tk-bak the pgBackRest repository), no
 main lab, and removes them at the end."""
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -100,7 +101,7 @@ def test_takeover_of_a_running_cluster(record):
         lost = [i for i, _ in committed if i not in present]
         # The longest pause between two commits: the writes' outage during the conversion.
         times = sorted(float(t) for _, t in committed)
-        outage = max((b - a for a, b in zip(times, times[1:])), default=None)
+        outage = max((b - a for a, b in itertools.pairwise(times)), default=None)
         after_sysid = on(lead, f"{PSQL} -c 'SELECT system_identifier FROM pg_control_system()'").strip()
         after = on(lead, f"{PSQL} -c 'SELECT count(*) || md5(string_agg(v, $$,$$ ORDER BY id)) FROM before_takeover'").strip()
         streaming = {h: on(h, f"{PSQL} -c \"SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), 'leader')\"").strip()
