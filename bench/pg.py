@@ -18,10 +18,10 @@ def version(host: str) -> str:
 def members(hosts: list[str]) -> list[dict]:
     """`patronictl list` from the first of hosts that answers."""
     for h in hosts:
-        out = on(h, f"{PATRONICTL.format(ver=version(h))} list -f json", check=False, timeout=60)
-        try:
+        try:  # a host that is powered off: ask the next one
+            out = on(h, f"{PATRONICTL.format(ver=version(h))} list -f json", timeout=60)
             return json.loads(out)
-        except ValueError:
+        except (RuntimeError, ValueError):
             continue
     raise RuntimeError(f"no Patroni member answered on {hosts}")
 

@@ -191,10 +191,6 @@ def host_table(drills: dict) -> str:
            "| uploads 201 | documents lost | writes lost | rejoined by itself (s after boot) | when |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for d in rows:
-        if d.get("pending"):
-            out.append(f"| {d['host']} | {', '.join(d.get('groups', []))} | pending: {d['pending']} "
-                       "| | | | | | | | " + d.get("when", "")[:16] + " |")
-            continue
         kinds = d.get("failed_by_kind", {})
         out.append(f"| {d['host']} | {', '.join(d.get('groups', []))} | {d.get('outcome', '?')}"
                    f"{' — ' + d['why'] if d.get('why') else ''} | {d.get('requests', '')} | {d.get('failed', '')} "

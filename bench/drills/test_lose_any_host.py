@@ -6,7 +6,10 @@ fixed rates) runs BEFORE s, the host is powered off (`lab.py stop`) for DOWN s a
 (`lab.py start`), and the load goes on for AFTER s. Then: failed requests (status >= 500
 or no answer), seconds from the power-off to the last failure, documents lost (answered
 201 but never ready), committed writes lost (a 201 document that is gone), and whether the
-host rejoined by itself (its units and its place in its cluster, without anyone acting).
+host rejoined by itself (its units and its place in its cluster, without anyone acting:
+one VIP holder; a database host a running Patroni member, the one leader or a replica
+that streams; an etcd member healthy; a Redis instance the sentinels' primary or a
+replica linked to it, each sentinel with its quorum; ChromaDB answering and in step).
 Targets: 0 documents and 0 writes lost, back within 30 s, rejoined.
 """
 from __future__ import annotations
@@ -16,12 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CA, REPO, Lab, benchlab, lab, on
+from conftest import CA, REPO, Lab, benchlab, lab, on, pg
 
 BEFORE, DOWN, AFTER = 15, 60, 75  # seconds of load before, during and after the outage
 RECOVER_TARGET_S = 30
 READY_TIMEOUT_S = 900  # documents in flight when Redis or a worker died wait for requeue_stuck
 LOAD = Path(__file__).with_name("ha_load.py")
+TLS = "/etc/ai-platform/tls"  # the project CA and each host's certificates (roles/pki)
 HOSTS = [h for h, v in benchlab.inventory(benchlab.INVENTORY)["_meta"]["hostvars"].items()
          if h not in benchlab.inventory(benchlab.INVENTORY).get("lab_clients", {}).get("hosts", [])]
 
@@ -33,10 +37,6 @@ def _groups_of(the_lab: Lab, host: str) -> set[str]:
 def _active(host: str, *units: str) -> bool:
     out = on(host, f"systemctl is-active {' '.join(units)}", check=False)
     return out.split()[: len(units)] == ["active"] * len(units)
-
-
-def _has_unit(host: str, unit: str) -> bool:
-    return on(host, f"systemctl cat {unit} >/dev/null 2>&1 && echo yes", check=False).strip() == "yes"
 
 
 def _redis_cli(host: str, port: int, *args: str) -> str:
@@ -63,19 +63,28 @@ def _rejoined(the_lab: Lab, host: str) -> tuple[bool, str]:
     if "scheduler" in groups and not _active(host, "ai-platform-beat"):
         missing.append("beat")
     if groups & {"db_primary", "db_replicas"}:
-        if _has_unit(host, "patroni.service") and not _active(host, "patroni"):
-            missing.append("patroni")
-        state = on(host, "runuser -u postgres -- psql -XAtq -c \"SELECT pg_is_in_recovery(), "
-                         "(SELECT status FROM pg_stat_wal_receiver)\"", check=False).strip()
-        if state not in ("f|", "t|streaming"):  # a primary, or a replica that streams
-            missing.append(f"postgresql ({state or 'down'})")
+        missing += _db_missing(the_lab, host)
+    if "etcd" in groups:
+        health = on(host, f"etcdctl --endpoints=https://{the_lab.addr[host]}:2379 --cacert={TLS}/ca.crt "
+                          f"--cert={TLS}/etcd.crt --key={TLS}/etcd.key --command-timeout=5s endpoint health 2>&1",
+                    check=False)
+        if not _active(host, "etcd") or " is healthy" not in health:
+            missing.append("etcd member healthy")
+    if "backup" in groups and not _active(host, "pgbackrest"):
+        missing.append("pgbackrest repository server")
     if "redis" in groups:
         for name, port in (("broker", 6379), ("cache", 6380)):
+            # The primary the sentinels name, or a replica whose link to it is up: an old
+            # primary that still calls itself master after the boot is a split brain.
+            primary = _sentinel_primary(the_lab, name)
             info = _redis_cli(host, port, "INFO replication")
-            if "role:master" not in info and "master_link_status:up" not in info:
-                missing.append(f"redis {name} linked")
-    if "redis_sentinel" in groups and "OK" not in _redis_cli(host, 26379, "SENTINEL ckquorum broker"):
-        missing.append("sentinel quorum")
+            if not (("role:master" in info and primary == the_lab.addr[host])
+                    or (f"master_host:{primary}" in info and "master_link_status:up" in info)):
+                missing.append(f"redis {name} in place (primary {primary or 'unknown'})")
+    if "redis_sentinel" in groups:
+        for name in ("broker", "cache"):
+            if "OK" not in _redis_cli(host, 26379, f"SENTINEL ckquorum {name}"):
+                missing.append(f"sentinel quorum ({name})")
     if "vector" in groups:  # asked from an app host: ChromaDB admits the app hosts only
         beat = on(the_lab.apps[0], "curl -s -m 3 -o /dev/null -w '%{http_code}' "
                                    f"http://{the_lab.addr[host]}:8000/api/v2/heartbeat", check=False)
@@ -88,20 +97,43 @@ def _rejoined(the_lab: Lab, host: str) -> tuple[bool, str]:
     return not missing, ", ".join(missing)
 
 
+def _sentinel_primary(the_lab: Lab, name: str) -> str:
+    """The address of the primary of `name` (broker, cache) as the first sentinel that answers names it."""
+    for s in the_lab.groups["redis_sentinel"]:
+        addr = _redis_cli(s, 26379, f"SENTINEL get-master-addr-by-name {name}").split()
+        if addr and addr[0] in the_lab.addr.values():  # not an error message of redis-cli
+            return addr[0]
+    return ""
+
+
 def _behind(the_lab: Lab) -> str:
     """ChromaDB servers marked behind (app.vectorset), read from the broker's primary."""
-    sentinel = the_lab.groups["redis_sentinel"][0]
-    for s in the_lab.groups["redis_sentinel"]:
-        addr = _redis_cli(s, 26379, "SENTINEL get-master-addr-by-name broker").split()
-        if addr:
-            primary = next(h for h in the_lab.groups["redis"] if the_lab.addr[h] == addr[0])
-            return _redis_cli(primary, 6379, "HKEYS aiplatform:chroma:behind").strip()
-    raise AssertionError(f"no sentinel answered (first: {sentinel})")
+    addr = _sentinel_primary(the_lab, "broker")
+    assert addr, f"no sentinel of {the_lab.groups['redis_sentinel']} answered"
+    primary = next(h for h in the_lab.groups["redis"] if the_lab.addr[h] == addr)
+    return _redis_cli(primary, 6379, "HKEYS aiplatform:chroma:behind").strip()
 
 
-def _automatic_db_failover(the_lab: Lab) -> bool:
-    return any(_has_unit(h, "patroni.service")
-               for h in the_lab.groups.get("db_primary", []) + the_lab.groups.get("db_replicas", []))
+def _db_missing(the_lab: Lab, host: str) -> list[str]:
+    """What keeps a database host from its place in the Patroni cluster: its Patroni unit,
+    one running leader, and this host either that leader or a replica that streams."""
+    missing = []
+    version = on(host, "ls /etc/postgresql", check=False).split()
+    if not version or not _active(host, f"patroni@{version[-1]}-main"):
+        missing.append("patroni")
+    try:
+        members = pg.members(the_lab.dbs)
+    except RuntimeError as exc:
+        return [*missing, str(exc)]
+    leaders = [m["Member"] for m in members if m["Role"] == "Leader" and m["State"] == "running"]
+    me = next((m for m in members if m["Member"] == host), None)
+    if len(leaders) != 1:
+        missing.append(f"one running Patroni leader (got {leaders})")
+    if me is None or me["State"] not in ("running", "streaming"):
+        missing.append(f"patroni member ({me['State'] if me else 'not listed'})")
+    elif host not in leaders and not pg.streams(host):
+        missing.append("postgresql replica streaming")
+    return missing
 
 
 @pytest.mark.parametrize("host", HOSTS)
@@ -109,9 +141,6 @@ def test_lose_any_host(the_lab, record, host):
     """One server host powered off for a minute under load through the VIP: failures, recovery, losses, rejoin."""
     groups = _groups_of(the_lab, host)
     record(host=host, groups=sorted(groups))
-    if "db_primary" in groups and not _automatic_db_failover(the_lab):
-        record(pending="needs automatic PostgreSQL failover (Patroni), not on this lab")
-        pytest.skip("pending: the PostgreSQL primary's row needs automatic failover (Patroni)")
     assert the_lab.vip, "the lab has no virtual IP (keepalived) to send the load to"
     token, project = the_lab.account()
     on(the_lab.client, f"cat > /tmp/ha_load.py <<'EOF'\n{LOAD.read_text()}EOF")
