@@ -1,4 +1,5 @@
-"""Counters in Redis (REDIS_URL): failed logins per account and asks per user per day.
+"""Counters in Redis (REDIS_URL, through Sentinel when it is a sentinel:// URL): failed
+logins per account and asks per user per day.
 
 Both fail open: when Redis does not answer, logins and asks go on (Nginx's per-address
 limits still apply) and a warning is logged.
@@ -9,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 
 import redis
 
+from app import redisconn
 from app.config import Settings
 from app.log import get_logger
 
@@ -21,13 +22,16 @@ log = get_logger("app.limits")
 _DOWN = (redis.RedisError, OSError, ValueError)
 
 
-@lru_cache(maxsize=8)
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+_clients: dict[tuple[str, str], redis.Redis] = {}
 
 
 def _redis(settings: Settings) -> redis.Redis:
-    return _client(settings.redis_url)
+    """The cache's Redis (REDIS_URL: one server, or its primary through Sentinel)."""
+    key = (settings.redis_url, settings.redis_sentinel_cache_master)
+    if key not in _clients:
+        _clients[key] = redisconn.client(settings.redis_url,
+                                         settings.redis_sentinel_cache_master, settings, 1.0)
+    return _clients[key]
 
 
 def _login_key(email: str) -> str:

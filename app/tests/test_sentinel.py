@@ -249,3 +249,23 @@ def test_two_beats_fire_once_and_the_standby_takes_over(sentinel_set: SentinelSe
                     proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+
+def test_login_throttling_and_ask_quota_through_sentinel(sentinel_settings: Any) -> None:
+    """REDIS_URL is a sentinel:// URL: the per-account login counter and the daily ask
+    quota live on the cache's primary found through the sentinels (not failing open)."""
+    import uuid as uuid_mod
+
+    from app import limits
+
+    s = sentinel_settings.model_copy(update={"login_max_failures": 2, "quota_asks_per_day": 1})
+    email = f"sentinel-{uuid_mod.uuid4().hex[:8]}@example.com"
+    assert limits.login_retry_after(s, email) is None
+    limits.record_login_failure(s, email)
+    limits.record_login_failure(s, email)
+    assert (limits.login_retry_after(s, email) or 0) > 0
+    limits.clear_login_failures(s, email)
+    assert limits.login_retry_after(s, email) is None
+    user = uuid_mod.uuid4()
+    assert limits.take_ask(s, user) is None
+    assert (limits.take_ask(s, user) or 0) > 0
