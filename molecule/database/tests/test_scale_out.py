@@ -1,0 +1,100 @@
+"""Scale-out: a replica added by editing the inventory and running the database tier's
+playbook (playbooks/database.yml, what site.yml runs for the tier). The new member clones
+the leader under Patroni and streams from it over TLS; the members that ran before are not
+restarted (their Patroni, PostgreSQL and etcd start marks are unchanged).
+
+The last test of the scenario (pytest takes the files in order): it boots db-4 and removes
+it again at the end, and waits until Patroni has forgotten it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import testinfra
+import yaml
+from conftest import DB_HOSTS, UNIT, cluster, leader, sql, wait_for
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+REPO = Path(os.environ.get("AIPL_REPO", Path(__file__).resolve().parents[3]))
+NEW = {"name": "db-4", "address": "10.90.2.14", "image": "debian12"}
+ETCD_MEMBERS = ("db-1", "db-2", "db-3")
+
+
+def node(name: str, inventory: str = INVENTORY):
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
+
+
+def start_marks() -> dict[str, str]:
+    """Per member: Patroni's and etcd's unit invocation and the postmaster's start time."""
+    marks = {}
+    for h in DB_HOSTS:
+        n = node(h)
+        marks[f"{h}:patroni"] = n.check_output(f"systemctl show -p InvocationID --value {UNIT}")
+        marks[f"{h}:postgres"] = sql(n, "SELECT pg_postmaster_start_time()")
+        if h in ETCD_MEMBERS:
+            marks[f"{h}:etcd"] = n.check_output("systemctl show -p InvocationID --value etcd")
+    return marks
+
+
+def test_scale_out_adds_a_replica_without_restarting_the_others():
+    """Edit the inventory, run the tier's playbook: db-4 streams from the leader, the others keep running."""
+    lab = ["python3", str(REPO / "tests/lab/lab.py")]
+    first = node(DB_HOSTS[0])
+    members = cluster(first)
+    assert set(members) == set(DB_HOSTS), members
+    pending = [m for m, row in members.items() if row.get("Pending restart")]
+    assert not pending, f"members wait for a restart before the scale-out: {pending}"
+    lead = node(leader(first))
+    # The side effect raised max_wal_senders through the role (side_effect_restart.yml): the
+    # inventory of the moment has that value, or the run would put it back and restart every member.
+    senders = sql(lead, "SHOW max_wal_senders")
+
+    subprocess.run([*lab, "rm", NEW["name"]], check=False, timeout=300)  # a leftover of an aborted run
+    subprocess.run([*lab, "up", "--spec", json.dumps([NEW])], check=True, timeout=900)
+    inv = yaml.safe_load(Path(INVENTORY).read_text())
+    new = dict(inv["all"]["hosts"]["db-2"], ansible_host=NEW["address"])
+    inv["all"]["hosts"][NEW["name"]] = new
+    inv["db_replicas"]["hosts"][NEW["name"]] = new
+    scaled = Path(INVENTORY).with_name("scale-out.yml")  # beside it: the same group_vars
+    scaled.write_text(yaml.safe_dump(inv))
+    before = start_marks()
+    try:
+        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+        r = subprocess.run(["ansible-playbook", "-i", str(scaled), str(REPO / "playbooks/database.yml"),
+                            "-e", f"postgresql_max_wal_senders={senders}"],
+                           env=env, cwd=REPO, capture_output=True, text=True, timeout=2400, check=False)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+
+        after = start_marks()
+        assert after == before, {k: (before[k], after.get(k)) for k in before if before[k] != after.get(k)}
+
+        db4 = node(NEW["name"], str(scaled))
+        assert sql(db4, "SELECT pg_is_in_recovery()") == "t"
+        row = cluster(first)[NEW["name"]]
+        assert row["Role"] in ("Replica", "Sync Standby") and row["State"] in ("streaming", "running"), row
+        lead = node(leader(first))
+        streams = sql(lead, "SELECT r.state || ' ' || s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s "
+                            f"USING (pid) WHERE r.client_addr = '{NEW['address']}'")
+        assert streams == "streaming t", streams
+        # A write on the leader reaches the new member.
+        mark = uuid.uuid4().hex
+        sql(lead, "CREATE TABLE IF NOT EXISTS scale_out_marker (mark text PRIMARY KEY)", db="aiplatform")
+        sql(lead, f"INSERT INTO scale_out_marker VALUES ('{mark}')", db="aiplatform")
+        wait_for("the leader's write on db-4",
+                 lambda: sql(db4, f"SELECT count(*) FROM scale_out_marker WHERE mark = '{mark}'", db="aiplatform") == "1",
+                 timeout=60, step=2)
+        # Clients of the cluster may reach it: every member's pg_hba.conf admits the new address.
+        for h in DB_HOSTS:
+            assert f"{NEW['address']}/32" in node(h).file("/etc/postgresql/15/main/pg_hba.conf").content_string, h
+    finally:
+        scaled.unlink(missing_ok=True)
+        subprocess.run([*lab, "rm", NEW["name"]], check=False, timeout=300)
+    # Patroni forgets the member once its key expires, and the leader drops its slot.
+    wait_for("Patroni forgets db-4", lambda: NEW["name"] not in cluster(first), timeout=120, step=5)
+    wait_for("the leader drops db-4's slot",
+             lambda: sql(node(leader(first)), "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'db_4'") == "0",
+             timeout=60, step=5)
