@@ -27,7 +27,8 @@ BASE = f"https://{VIP}"
 CA = "/tmp/e2e-ca.crt"
 APP_HOSTS = ("e2e-app1", "e2e-app2")
 LB_HOSTS = ("e2e-lb", "e2e-lb2")
-REDIS_HOSTS = {"e2e-svc": "10.90.20.41", "e2e-svc2": "10.90.20.42"}
+# Private addresses: Redis and the sentinels live on the private network.
+REDIS_HOSTS = {"e2e-svc": "10.90.21.41", "e2e-svc2": "10.90.21.42"}
 
 
 def host(name: str):
@@ -70,7 +71,7 @@ def test_health_green_with_every_component(client):
     status, data = curl(client, "GET", "/health", expect=200)
     assert data == {"status": "ok"}, data
     curl(client, "GET", "/health/details", expect=404)
-    details = json.loads(host("e2e-lb").check_output("curl -s http://10.90.20.21:8000/health/details"))
+    details = json.loads(host("e2e-lb").check_output("curl -s http://10.90.21.21:8000/health/details"))
     for part in ("api", "database", "redis", "celery", "chroma"):
         assert details[part]["status"] == "ok", (part, details)
     assert "timestamp" in details
