@@ -125,8 +125,10 @@ def test_fail2ban_bans_repeated_failures_through_ufw():
         while ip not in target.check_output("fail2ban-client status sshd"):
             assert time.monotonic() < deadline, target.check_output("fail2ban-client status sshd")
             time.sleep(1)
-        rules = target.check_output("ufw status")
-        assert re.search(rf"(DENY|REJECT)\s+{re.escape(ip)}", rules), rules
+        # The ban action (ufw) runs just after the jail lists the address.
+        while not re.search(rf"(DENY|REJECT)\s+{re.escape(ip)}\s", target.check_output("ufw status")):
+            assert time.monotonic() < deadline + 30, target.check_output("ufw status")
+            time.sleep(1)
         rc, err = attempt(attacker, f"{SSH} -o BatchMode=yes nosuchuser@{HOSTS['hard-d12']} true")
         assert rc == 255 and ("refused" in err or "timed out" in err), err
     finally:
@@ -145,6 +147,10 @@ def test_unattended_upgrades_takes_security_updates_only(host):
     codename = host.system_info.codename
     assert out.stdout.strip().endswith(
         f"Allowed origins are: origin=Debian,codename={codename}-security,label=Debian-Security"), out.stdout
+    # The data services' packages are never upgraded by it (their maintainer scripts restart them).
+    blacklist = host.check_output("apt-config dump Unattended-Upgrade::Package-Blacklist")
+    for pattern in ("^postgresql", "^patroni", "^etcd", "^redis", "^pgbackrest", "^keepalived"):
+        assert f'"{pattern}";' in blacklist, blacklist
 
 
 CANARY = """[Unit]
