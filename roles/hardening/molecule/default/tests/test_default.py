@@ -49,6 +49,7 @@ def attempt(host, cmd):
 def test_sshd_configuration_is_valid_and_hardened(host):
     dropin = host.file("/etc/ssh/sshd_config.d/10-hardening.conf")
     assert (dropin.user, dropin.mode) == ("root", 0o600)
+    assert host.file("/etc/ssh/sshd_config").mode == 0o600
     assert host.run("sshd -t").rc == 0
     s = sshd_settings(host)
     assert s["passwordauthentication"] == "no"
