@@ -56,7 +56,7 @@ ensure_venv() {
     "$PYTHON" -m venv "$dir"
     local args=()
     for lock in "$@"; do args+=(-r "$lock"); done
-    "$dir/bin/pip" install -qq --disable-pip-version-check --no-deps "${args[@]}"
+    "$dir/bin/python" -m pip install -qq --disable-pip-version-check --no-deps "${args[@]}"
     echo "$stamp" > "$dir/.lock-stamp"
   fi
   touch "$dir/.lock-stamp"
@@ -139,7 +139,7 @@ export ANONYMIZED_TELEMETRY=False    # chroma: no telemetry attempts
 ensure_venv "$APP_VENV" "$REPO/app/requirements.lock" "$REPO/app/requirements-test.lock"
 ensure_venv "$CHROMA_VENV" "$REPO/app/requirements-chroma-server.lock"
 log "installing the app into $APP_VENV"
-"$APP_VENV/bin/pip" install -qq --disable-pip-version-check --no-deps --no-build-isolation \
+"$APP_VENV/bin/python" -m pip install -qq --disable-pip-version-check --no-deps --no-build-isolation \
   --force-reinstall "$REPO/app"
 
 # PostgreSQL: a private cluster, trust auth on 127.0.0.1 only, durability off (tests).

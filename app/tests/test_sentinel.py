@@ -95,10 +95,18 @@ class SentinelSet:
         new_port = 0
 
         def switched() -> bool:
+            """Done only when every view agrees. GET-MASTER-ADDR-BY-NAME names the promoted
+            replica while the failover is still under way, but SENTINEL MASTERS (which
+            redis-py's clients ask) keeps the old address until it ends, and the old
+            primary takes writes until the sentinel demotes it: a write in that window is
+            lost when it resyncs. That is Sentinel's asynchronous failover, not the app's."""
             nonlocal new_port
             new_port = self.primary_port()
             role = redis.Redis(port=new_port, password=INSTANCE_PASSWORD).role()[0]
-            return new_port != old and role == b"master"
+            listed = int(self.sentinel_cli().sentinel_master(MASTER)["port"])
+            demoted = redis.Redis(port=old, password=INSTANCE_PASSWORD).role()[0]
+            return (new_port != old and role == b"master" and listed == new_port
+                    and demoted == b"slave")
         _wait("failover", switched, 60)
         return new_port
 

@@ -41,6 +41,27 @@ def leader(host):
     return leaders[0]
 
 
+def writable_leader(host, timeout=120):
+    """The leader, once it takes writes (pg_is_in_recovery() false). A member that Patroni
+    lists as the running leader is still read-only while its promotion ends; a leader that
+    stays read-only fails here with what Patroni and PostgreSQL said."""
+    seen = []
+
+    def ready():
+        lead = leader(host)
+        state = sql(other(host, lead), "SELECT pg_is_in_recovery() || ' ' || current_setting('default_transaction_read_only')")
+        seen.append((time.strftime("%H:%M:%S"), lead, state))
+        return lead if state == "false off" else None
+    deadline = time.monotonic() + timeout
+    while True:
+        found = ready()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"no leader took writes within {timeout} s: {seen[-5:]}, cluster {cluster(host)}")
+        time.sleep(3)
+
+
 def other(host, hostname):
     """The testinfra host of another instance, through the same inventory."""
     b = host.backend

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR, DB_HOSTS, cluster, leader, name, only, other, sql
+from conftest import DATA_DIR, DB_HOSTS, cluster, leader, name, only, other, sql, writable_leader
 
 # Committed on the leader of the moment, so on every member at the end; "after-in-place-point" was
 # written after the restore point that the last step restored the cluster to, in place.
@@ -104,7 +104,7 @@ def test_a_restart_setting_rolled_out_replicas_first_then_a_switchover():
 
 def test_writes_on_the_leader_reach_every_replica(host):
     only(host, *DB_HOSTS)
-    p = other(host, leader(host))
+    p = other(host, writable_leader(host))
     token = f"verify-{name(host)}-{time.time_ns()}"
     sql(p, f"INSERT INTO failover_marker (step, primary_host) VALUES ('{token}', '{name(p)}')", db="aiplatform")
     for _ in range(40):

@@ -4,12 +4,12 @@ cluster - to a time (rows A, not B, the dropped table back) on db-3 and to a nam
 on db-2."""
 import json
 
-from conftest import DB_HOSTS, MON, leader, only, other, sql
+from conftest import DB_HOSTS, MON, only, other, sql, writable_leader
 from test_failover import facts
 
 def test_archive_works_on_the_leader(host):
     only(host, *DB_HOSTS)
-    p = other(host, leader(host))
+    p = other(host, writable_leader(host))
     assert sql(p, "SHOW archive_mode") == "on"
     assert sql(p, "SHOW archive_command") == "/usr/local/lib/ai-platform/pgbackrest-archive-push main %p"
     assert sql(p, "SELECT failed_count = 0 OR last_archived_time > last_failed_time FROM pg_stat_archiver") == "t"
