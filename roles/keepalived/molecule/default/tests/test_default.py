@@ -200,3 +200,63 @@ def test_a_rogue_vrrp_advert_is_dropped(client):
     assert holders() == [holder]
     log = get(holder).check_output(f"journalctl -u keepalived --since @{since} --no-pager -o cat")
     assert "10.90.12.99" not in log, log
+
+
+# --- a changed unit: one load balancer at a time, the VIP holder last ------------------
+
+
+def _since_boot(host, unit, prop):
+    """A unit's timestamp on the kernel's monotonic clock, which every lab host shares."""
+    return int(host.check_output(f"systemctl show -p {prop}Monotonic --value {unit}"))
+
+
+def _stop_start(unit):
+    hosts = {n: get(n) for n in LBS}
+    return {n: (_since_boot(h, unit, "InactiveEnterTimestamp"), _since_boot(h, unit, "ActiveEnterTimestamp"))
+            for n, h in hosts.items()}
+
+
+def test_a_changed_unit_restarts_one_load_balancer_at_a_time_the_vip_holder_last(client):
+    """Both units' sandbox drop-ins get a line and lose it again (two runs of converge.yml):
+    each restart waits until the host answers again before the next host stops, the
+    holder of the VIP goes last, and a client polling the VIP meanwhile is never
+    without an answer for long."""
+    holder = holders()[0]
+    other = next(n for n in LBS if n != holder)
+    probe = "/tmp/ka-rolling-probe.log"
+    pid = client.check_output(
+        f"rm -f {probe}; end=$(($(date +%s) + 1200)); nohup sh -c 'while [ $(date +%s) -lt '$end' ]; do "
+        f"curl -s -o /dev/null -m 1 -w \"%{{http_code}} \" http://{VIP}/; date +%s.%N; sleep 0.1; done' "
+        f"> {probe} 2>&1 & echo $!")
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    converge = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml"
+    try:
+        lines = '{"nginx_systemd_hardening_extra": ["Environment=AIPL_ROLL=1"], "keepalived_systemd_hardening_extra": ["Environment=AIPL_ROLL=1"]}'
+        for extra in (["-e", lines], []):
+            run = subprocess.run(["ansible-playbook", "-i", INVENTORY, str(converge), *extra], env=env,
+                                 capture_output=True, text=True, timeout=1200)
+            assert run.returncode == 0, run.stdout[-3000:]
+            for unit in ("keepalived", "nginx"):
+                stamps = _stop_start(unit)
+                first, second = sorted(stamps, key=lambda n: stamps[n][0])
+                # The first host was running again before the second one stopped.
+                assert stamps[first][1] < stamps[second][0], (unit, stamps)
+                if unit == "keepalived":
+                    assert (first, second) == (other, holder), stamps
+            holder = holders()[0]
+            other = next(n for n in LBS if n != holder)
+    finally:
+        client.run(f"kill {int(pid)}")
+    samples = [ln.split() for ln in client.check_output(f"cat {probe}").splitlines() if len(ln.split()) == 2]
+    assert len(samples) > 100, samples[-5:]
+    longest = streak = 0.0
+    last_ok = float(samples[0][1])
+    for code, at in samples:
+        if code == "301":
+            last_ok = float(at)
+        else:
+            streak = float(at) - last_ok
+            longest = max(longest, streak)
+    failed = sum(1 for code, _ in samples if code != "301")
+    print(f"rolling restarts: {failed} of {len(samples)} probes of the VIP failed; longest gap {longest:.1f} s")
+    assert longest < 3, f"{failed} of {len(samples)} failed; longest gap {longest:.1f} s"
