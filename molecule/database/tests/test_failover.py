@@ -36,6 +36,14 @@ def test_patroni_runs_every_member_and_one_leads(host):
     assert host.file("/etc/postgresql/15/main/start.conf").content_string.strip() == "manual"
 
 
+def test_etcd_members_run_with_pre_vote(host):
+    """A member back from a partition must not depose the store's leader (the partition test's heal)."""
+    only(host, *DB_HOSTS)
+    pid = host.check_output("systemctl show -p MainPID --value etcd")
+    env = host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ")
+    assert "ETCD_PRE_VOTE=true" in env.splitlines(), env
+
+
 def test_every_committed_marker_is_everywhere_and_the_fenced_writes_are_gone(host):
     only(host, *DB_HOSTS)
     steps = sql(host, "SELECT step FROM failover_marker WHERE step NOT LIKE 'verify-%' ORDER BY 1", db="aiplatform")
