@@ -101,6 +101,12 @@ def test_preflight_runs_whatever_limit_and_tags_say():
     assert rc != 0 and "The scheduler group runs Celery beat" in folded(out), out[-2000:]
     assert all(r["changed"] == 0 for r in recap(out).values()), recap(out)
 
+    # A previous Fernet key that is not one (a rotation's typo): refused before any change.
+    rc, out = playbook(str(REPO / "site.yml"), "--limit", "e2e-app2", "--tags", "app",
+                       "-e", json.dumps({"app_encryption_previous_keys": ["not-a-fernet-key"]}))
+    assert rc != 0 and "each of app_encryption_previous_keys must be a Fernet key" in folded(out), out[-2000:]
+    assert all(r["changed"] == 0 for r in recap(out).values()), recap(out)
+
     # --tags that match nothing: only the preflight (tagged always) runs.
     only = ["--tags", "preflight-only"]
     rc, out = playbook(str(REPO / "site.yml"), *only, "--limit", "e2e-app2", "-e", "preflight_python_min=3.99")
