@@ -40,7 +40,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("AIPL_LAB_CACHE", REPO / ".cache" / "lab"))
+# Resolved: a worktree whose .cache links to another checkout's must not hand its own
+# path to the long-running helpers (removing the worktree would pull their folders away).
+CACHE = Path(os.environ.get("AIPL_LAB_CACHE", REPO / ".cache" / "lab")).resolve()
 NETNS = os.environ.get("AIPL_LAB_NETNS", "aipl-lab")
 RUN = Path("/run") / NETNS
 DOCKER_SOCK = RUN / "docker.sock"
