@@ -52,14 +52,8 @@ def writable_leader(host, timeout=120):
         state = sql(other(host, lead), "SELECT pg_is_in_recovery() || ' ' || current_setting('default_transaction_read_only')")
         seen.append((time.strftime("%H:%M:%S"), lead, state))
         return lead if state == "false off" else None
-    deadline = time.monotonic() + timeout
-    while True:
-        found = ready()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"no leader took writes within {timeout} s: {seen[-5:]}, cluster {cluster(host)}")
-        time.sleep(3)
+    return wait_for("no leader took writes", ready, timeout, step=3,
+                    detail=lambda: f"{seen[-5:]}, cluster {cluster(host)}")
 
 
 def other(host, hostname):
@@ -73,15 +67,16 @@ def only(host, *names):
         pytest.skip(f"not for {name(host)}")
 
 
-def wait_for(what, check, timeout=180, step=5):
-    """Poll check() until it returns a true value; return it, or fail after timeout."""
+def wait_for(what, check, timeout=180, step=5, detail=None):
+    """Poll check() until it returns a true value; return it, or fail after timeout
+    (with detail(), when given, in the message)."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
+            pytest.fail(f"{what}: not within {timeout} s" + (f": {detail()}" if detail else ""))
         time.sleep(step)
 
 
