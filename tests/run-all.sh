@@ -81,7 +81,9 @@ molecule_all() {  # prints its progress; one "name<TAB>seconds<TAB>result<TAB>wh
     else
       result=FAILED; echo "molecule:$1 FAILED ($((SECONDS - t)) s); end of $log:"; tail -n 60 "$log"
       # The first failures again in the summary: CI often shows only its end.
-      reason=$(grep -m 3 -E '^(fatal|failed): |^FAILED |^E +|^ERROR  ' "$log" | cut -c1-400 | tr '\n\t' '  ')
+      # (Not Ansible's "FAILED - RETRYING" lines of until-loops: they are progress, not failures.)
+      reason=$(grep -E '^(fatal|failed): |^FAILED |^E +|^ERROR  ' "$log" | grep -v '^FAILED - RETRYING' | head -n 3 \
+        | cut -c1-400 | tr '\n\t' '  ')
     fi
     grep -E '^=+ .*(passed|failed).* in ' "$log" | tail -n 1 | sed "s|^|  $1 testinfra: |"
     printf 'molecule:%s\t%s\t%s\t%s\n' "$1" "$((SECONDS - t))" "$result" "$reason" >>"$out"
