@@ -22,6 +22,7 @@ APP_HOST = "redis-app"
 # Test-only secrets, the same as in molecule.yml.
 ADMIN_PASSWORD = "molecule-admin-password-0123"
 APP_PASSWORD = "molecule-app-password-0123456"
+APP_PREVIOUS_PASSWORD = "molecule-app-previous-password-01"
 REPLICATION_PASSWORD = "molecule-replication-password-01"
 SENTINEL_PASSWORD = "molecule-sentinel-password-0123"
 BROKER, CACHE, SENTINEL = 6379, 6380, 26379
@@ -192,6 +193,16 @@ def test_app_host_connects_with_its_password(client):
     for addr in SERVERS.values():
         for port in (BROKER, CACHE):
             out = resp(client, addr, port, f"AUTH app {APP_PASSWORD}", "PING")
+            assert out == ["+OK", "+PONG"], (addr, port, out)
+
+
+def test_previous_password_accepted_by_redis_and_sentinel_during_rotation(client):
+    """A client that still has the previous password (rotate_secrets.yml is under way) keeps reaching
+    the instances and keeps finding the primary through every sentinel."""
+    for addr in SENTINELS.values():
+        ports = (BROKER, CACHE, SENTINEL) if addr in SERVERS.values() else (SENTINEL,)
+        for port in ports:
+            out = resp(client, addr, port, f"AUTH app {APP_PREVIOUS_PASSWORD}", "PING")
             assert out == ["+OK", "+PONG"], (addr, port, out)
 
 
