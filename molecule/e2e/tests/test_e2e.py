@@ -214,10 +214,13 @@ def test_rolling_deploy_broken_release_rolled_back_then_rollback_playbook(client
     # (The YAML callback wraps long lines: compare with the whitespace folded.)
     said = " ".join(bad.stdout.split())
     assert "crashed and was restarted by systemd" in said, [ln for ln in bad.stdout.splitlines() if "health" in ln][-20:]
-    # The first host was rolled back, the second never touched: both on 1.0.1, site up.
+    # The first host was rolled back, the second never touched: both on 1.0.1, site up,
+    # each with the settings 1.0.1 ran with (the first host's were put back), none kept.
     for name in APP_HOSTS:
         assert "/releases/1.0.1-" in _current_release(name), name
         assert host(name).service("ai-platform-api").is_running
+        assert host(name).run("grep -c 'app (1.0.1-' /etc/ai-platform/app.env").stdout.strip() == "1", name
+        assert host(name).run("ls /etc/ai-platform/ | grep -c '^app.env.'").stdout.strip() == "0", name
     curl(client, "GET", "/health", expect=200)
 
     # On demand, one release back: 1.0.1 -> 1.0.0 on every host (the broken 1.0.2
