@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import testinfra
 import yaml
-from conftest import DB_HOSTS, UNIT, cluster, leader, sql, wait_for
+from conftest import DB_HOSTS, PATRONI_CONFIG, UNIT, cluster, leader, sql, wait_for
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 REPO = Path(os.environ.get("AIPL_REPO", Path(__file__).resolve().parents[3]))
@@ -38,6 +40,30 @@ def start_marks() -> dict[str, str]:
         if h in ETCD_MEMBERS:
             marks[f"{h}:etcd"] = n.check_output("systemctl show -p InvocationID --value etcd")
     return marks
+
+
+def why_restarted(before: dict, after: dict, since: str, playbook_out: str) -> str:
+    """What a failed 'nothing restarted' check needs to name its cause: which marks moved,
+    the playbook's changed tasks, Patroni's history (a leader change shows there) and the
+    moved members' Patroni log lines since the playbook started (a lost leader lock, a
+    demotion, a restart asked through the REST API)."""
+    moved = {k: (before[k], after.get(k)) for k in before if before[k] != after.get(k)}
+    lines = playbook_out.splitlines()
+    changed = []
+    for i, line in enumerate(lines):
+        if line.startswith("changed:"):
+            task = next((lines[j] for j in range(i, -1, -1) if lines[j].startswith("TASK [")), "?")
+            changed.append(f"{task} {line}")
+    first = node(DB_HOSTS[0])
+    history = first.run(f"runuser -u postgres -- patronictl -c {PATRONI_CONFIG} history").stdout[-1200:]
+    logs = []
+    for h in sorted({k.split(":")[0] for k in moved}):
+        out = node(h).run(f"journalctl -u {UNIT} --since '{since}' --no-pager -o short-iso").stdout
+        keep = [ln for ln in out.splitlines()
+                if re.search(r"demot|lock|restart|switchover|failover|promot|timeout|error|not healthy", ln, re.I)]
+        logs.append(f"--- {h}: Patroni since {since}\n" + "\n".join(keep[-25:]))
+    return "\n".join([f"moved: {moved}", "changed tasks:", *changed[-30:],
+                      f"patronictl history (tail):\n{history}", *logs])
 
 
 def test_scale_out_adds_a_replica_without_restarting_the_others():
@@ -62,6 +88,7 @@ def test_scale_out_adds_a_replica_without_restarting_the_others():
     scaled = Path(INVENTORY).with_name("scale-out.yml")  # beside it: the same group_vars
     scaled.write_text(yaml.safe_dump(inv))
     before = start_marks()
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     try:
         env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
         r = subprocess.run(["ansible-playbook", "-i", str(scaled), str(REPO / "playbooks/database.yml"),
@@ -70,7 +97,7 @@ def test_scale_out_adds_a_replica_without_restarting_the_others():
         assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
 
         after = start_marks()
-        assert after == before, {k: (before[k], after.get(k)) for k in before if before[k] != after.get(k)}
+        assert after == before, why_restarted(before, after, since, r.stdout)
 
         db4 = node(NEW["name"], str(scaled))
         assert sql(db4, "SELECT pg_is_in_recovery()") == "t"
