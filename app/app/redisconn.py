@@ -13,10 +13,13 @@ connection that fails or lands on a demoted primary is made again to the new pri
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from app.config import Settings
@@ -48,8 +51,13 @@ def sentinel_parts(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
 
 def sentinel_kwargs(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
     """How to log in to the sentinels themselves. A sentinel whose host is down must not
-    hold a client up for the kernel's connect timeout: the next one is asked instead."""
-    kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    hold a client up for the kernel's connect timeout: the next one is asked instead, at
+    once. redis-py (8) retries a connection 10 times by default, and the sentinels are its
+    own clients: with the first sentinel's host powered off, every discovery of the
+    primary (each new connection, each of kombu's channels) waited 11 connect timeouts
+    before asking the second. The lose-any-host drill measured 12-49 s per request."""
+    kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                              "retry": Retry(NoBackoff(), 0)}
     if settings.redis_sentinel_username:
         kwargs["username"] = settings.redis_sentinel_username
     if settings.redis_sentinel_password:
@@ -64,14 +72,32 @@ def transport_options(settings: Settings, url: str, master: str) -> dict[str, An
     return {"master_name": master, "sentinel_kwargs": sentinel_kwargs(settings)}
 
 
+_sentinels: dict[tuple[Any, ...], Sentinel] = {}
+_sentinels_lock = threading.Lock()
+
+
+def _sentinel(url: str, settings: Settings, timeout: float) -> Sentinel:
+    """One Sentinel object per URL and timeout in a process: it moves the sentinel that
+    answered to the front of its list, so a dead one is asked once, not on every client."""
+    password = settings.redis_sentinel_password
+    key = (url, timeout, settings.redis_sentinel_username,
+           password.get_secret_value() if password else None)
+    with _sentinels_lock:
+        found = _sentinels.get(key)
+        if found is None:
+            hosts, login = sentinel_parts(url)
+            found = _sentinels[key] = Sentinel(
+                hosts, sentinel_kwargs=sentinel_kwargs(settings, timeout),
+                socket_timeout=timeout, socket_connect_timeout=timeout, **login)
+        return found
+
+
 def client(url: str, master: str, settings: Settings, timeout: float) -> redis.Redis:
     """A client of the server at ``url``, or of the current primary of ``master``."""
     if not is_sentinel(url):
         return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    hosts, login = sentinel_parts(url)
-    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs(settings, timeout),
-                        socket_timeout=timeout, socket_connect_timeout=timeout, **login)
-    return sentinel.master_for(master, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return _sentinel(url, settings, timeout).master_for(
+        master, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 BEAT_KEY_PREFIX = "redbeat:"

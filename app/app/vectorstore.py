@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -33,6 +34,11 @@ from app.config import Settings
 UPSERT_BATCH = 256
 _PAGE = 1000
 _HANDLES = 512  # collection handles kept per process (least recently used dropped)
+# After a failed connect, the calls that waited for it (and those of the next seconds) fail
+# at once instead of each trying again: a powered-off host costs one connect timeout per
+# CONNECT_REST_SECONDS per process, not one per waiting request, one after the other.
+CONNECT_REST_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 5.0
 
 
 class VectorStoreUnavailable(RuntimeError):
@@ -76,6 +82,7 @@ class VectorStore:
         self._client: Any = None
         self._handles: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
+        self._connect_failed_at = float("-inf")
 
     # Names -----------------------------------------------------------------
     def collection_name(self, project_id: str) -> str:
@@ -91,7 +98,14 @@ class VectorStore:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = self._connect()
+                    if time.monotonic() - self._connect_failed_at < CONNECT_REST_SECONDS:
+                        raise VectorStoreUnavailable(
+                            f"ChromaDB {self.url} did not answer moments ago")
+                    try:
+                        self._client = self._connect()
+                    except VectorStoreUnavailable:
+                        self._connect_failed_at = time.monotonic()
+                        raise
         return self._client
 
     def _connect(self) -> Any:
@@ -100,6 +114,10 @@ class VectorStore:
         from chromadb.config import Settings as ChromaSettings
 
         host, port, ssl = host_port_ssl(self.url)
+        # The client asks the server for its tenant and database while it is built, on a
+        # session without any timeout: a host that is down would hold this call (and every
+        # request waiting for the lock) for the kernel's connect timeout. Ask first, bounded.
+        self.heartbeat(min(self.timeout, CONNECT_TIMEOUT_SECONDS))
         try:
             client = chromadb.HttpClient(
                 host=host, port=port, ssl=ssl, headers=self.settings.chroma_headers,
@@ -111,7 +129,7 @@ class VectorStore:
             ) from exc
         session = getattr(getattr(client, "_server", None), "_session", None)
         if isinstance(session, httpx.Client):  # the client ships with no timeout at all
-            session.timeout = httpx.Timeout(self.timeout, connect=5.0)
+            session.timeout = httpx.Timeout(self.timeout, connect=CONNECT_TIMEOUT_SECONDS)
         return client
 
     def _unavailable(self, what: str, exc: Exception) -> VectorStoreUnavailable:

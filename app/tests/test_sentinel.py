@@ -152,7 +152,9 @@ def test_sentinel_urls_are_parsed_and_passed_to_celery(sentinel_settings: Any) -
     conf = redisconn.celery_conf(sentinel_settings)
     for key in ("broker_transport_options", "result_backend_transport_options"):
         assert conf[key]["master_name"] == MASTER
-        assert conf[key]["sentinel_kwargs"] == {
+        kwargs = dict(conf[key]["sentinel_kwargs"])
+        assert kwargs.pop("retry").get_retries() == 0  # a dead sentinel: ask the next at once
+        assert kwargs == {
             "password": SENTINEL_PASSWORD, "socket_timeout": 2.0, "socket_connect_timeout": 2.0}
         assert conf[key]["socket_timeout"] == 5.0 and conf[key]["socket_keepalive"] is True
         assert conf[key]["visibility_timeout"] == sentinel_settings.celery_visibility_timeout
@@ -196,6 +198,71 @@ def test_clients_follow_a_failover(sentinel_settings: Any, sentinel_set: Sentine
     use_everything("after")
     # The write made before the failover reached the replica that is primary now.
     assert redis.Redis(port=after, password=INSTANCE_PASSWORD).get("sentinel:probe") == b"after"
+
+
+class DeadSentinel:
+    """A loopback port where a sentinel was: it takes each connection and closes it at
+    once, as a host that is gone fails a connect, and counts the connects."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.connects = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connects += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_dead_first_sentinel_is_asked_once_per_discovery(sentinel_settings: Any,
+                                                           sentinel_set: SentinelSet) -> None:
+    """The first sentinel of the URL is gone (its host powered off), the second answers.
+    Each discovery of the primary tries the dead one once and asks the next: the cache
+    client's Sentinel keeps the live one first for good, and a kombu channel (a new
+    Sentinel each) costs one connect. redis-py's default (10 retries per connection)
+    made it 11 connects, each a connect timeout on a real network: 12-49 s per request
+    on the lab when the host of the first sentinel was powered off."""
+    from kombu import Connection
+
+    from app import redisconn
+
+    dead = DeadSentinel()
+    try:
+        url = (f"sentinel://:{INSTANCE_PASSWORD}@127.0.0.1:{dead.port}/0;"
+               f"sentinel://:{INSTANCE_PASSWORD}@127.0.0.1:{sentinel_set.sentinel}/0")
+        settings = sentinel_settings.model_copy(update={
+            "redis_url": url, "celery_broker_url": url, "celery_result_backend": url})
+        for i in range(5):
+            cache = redisconn.client(settings.redis_url, MASTER, settings, 2.0)
+            cache.set("sentinel:dead-first", str(i))
+            cache.close()
+        assert dead.connects == 1, f"{dead.connects} connects to the dead sentinel for 5 clients"
+        options = redisconn.celery_conf(settings)["broker_transport_options"]
+        before = dead.connects
+        with Connection(url, transport_options=options) as conn:
+            queue = conn.SimpleQueue("sentinel-test-dead-first")
+            queue.put({"n": 1})
+            msg = queue.get(timeout=10)
+            msg.ack()
+            queue.close()
+        asked = dead.connects - before
+        assert 1 <= asked <= 3, f"{asked} connects to the dead sentinel for one kombu queue"
+    finally:
+        dead.close()
 
 
 def _beat(name: str, env: dict[str, str], folder: Path) -> tuple[subprocess.Popen[bytes], Path]:
