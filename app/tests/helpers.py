@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -84,6 +85,39 @@ def make_pdf(pages: list[list[str]]) -> bytes:
     out += (f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n"
             .encode())
     return bytes(out)
+
+
+class Listener:
+    """A loopback port that accepts connections and counts them. It closes each at once
+    (a host that is gone fails the connect), or with ``hold`` keeps them open and never
+    says a word (a host that hangs)."""
+
+    def __init__(self, hold: bool) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.hold = hold
+        self.held: list[socket.socket] = []
+        self.connects = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connects += 1
+            if self.hold:
+                self.held.append(conn)
+            else:
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
 
 
 def _run_id() -> str:

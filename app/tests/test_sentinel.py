@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import free_port
+from helpers import Listener, free_port
 
 INSTANCE_PASSWORD = "instance-password-0123456789"
 SENTINEL_PASSWORD = "sentinel-password-0123456789"
@@ -200,34 +200,6 @@ def test_clients_follow_a_failover(sentinel_settings: Any, sentinel_set: Sentine
     assert redis.Redis(port=after, password=INSTANCE_PASSWORD).get("sentinel:probe") == b"after"
 
 
-class DeadSentinel:
-    """A loopback port where a sentinel was: it takes each connection and closes it at
-    once, as a host that is gone fails a connect, and counts the connects."""
-
-    def __init__(self) -> None:
-        import socket
-        import threading
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.connects = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connects += 1
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def test_a_dead_first_sentinel_is_asked_once_per_discovery(sentinel_settings: Any,
                                                            sentinel_set: SentinelSet) -> None:
     """The first sentinel of the URL is gone (its host powered off), the second answers.
@@ -240,7 +212,7 @@ def test_a_dead_first_sentinel_is_asked_once_per_discovery(sentinel_settings: An
 
     from app import redisconn
 
-    dead = DeadSentinel()
+    dead = Listener(hold=False)  # where the first sentinel was
     try:
         url = (f"sentinel://:{INSTANCE_PASSWORD}@127.0.0.1:{dead.port}/0;"
                f"sentinel://:{INSTANCE_PASSWORD}@127.0.0.1:{sentinel_set.sentinel}/0")

@@ -10,54 +10,27 @@ seconds fail at once instead of each trying again.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from typing import Any
 
 import pytest
-
-
-class Silent:
-    """A loopback port that accepts connections, counts them, and never answers."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.held: list[socket.socket] = []
-        self.connects = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connects += 1
-            self.held.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
+from helpers import Listener
 
 
 @pytest.fixture()
 def silent() -> Any:
-    s = Silent()
+    s = Listener(hold=True)  # takes connections, never answers
     yield s
     s.close()
 
 
-def test_a_silent_server_fails_the_waiting_calls_at_once(settings: Any, silent: Silent) -> None:
+def test_a_silent_server_fails_the_waiting_calls_at_once(settings: Any, silent: Listener) -> None:
     """Eight searches at once against a server that never answers: each ends with
     VectorStoreUnavailable (none hangs), and the server saw one connect, not eight."""
     from app.vectorstore import VectorStore, VectorStoreUnavailable
 
-    store = VectorStore(settings, timeout=1.0, url=silent.url)
+    store = VectorStore(settings, timeout=1.0, url=f"http://127.0.0.1:{silent.port}")
     outcomes: list[str] = []
 
     def search() -> None:
