@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import codecs
 import ipaddress
+import re
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -129,10 +131,26 @@ def read_capped(resp: httpx.Response, limit: int) -> bytes:
     return bytes(data)
 
 
+_EOL = re.compile(r"\r\n|\r|\n")  # Server-Sent Events end lines with any of these
+
+
 def iter_lines_capped(resp: httpx.Response, limit: int) -> Iterator[str]:
+    """The body's lines (UTF-8), ResponseTooLarge once more than ``limit`` bytes arrived.
+    The bytes are counted as they arrive, not per line: httpx's iter_lines() buffers a
+    line until it ends, so a provider that never sent a line break was read without end."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     seen = 0
-    for line in resp.iter_lines():
-        seen += len(line) + 1
+    pending = ""
+    for chunk in resp.iter_bytes():
+        seen += len(chunk)
         if seen > limit:
             raise ResponseTooLarge(f"response larger than {limit} bytes")
-        yield line
+        text = pending + decoder.decode(chunk)
+        cut = len(text) - 1 if text.endswith("\r") else len(text)  # "\r" may start "\r\n"
+        *lines, pending = _EOL.split(text[:cut])
+        pending += text[cut:]
+        yield from lines
+    lines = _EOL.split(pending + decoder.decode(b"", final=True))
+    if lines[-1] == "":
+        lines.pop()
+    yield from lines

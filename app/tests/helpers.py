@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import shutil
 import signal
@@ -11,6 +14,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -211,15 +216,23 @@ class FakeLLM:
 
     answer: the reply text; stream: answer ``"stream": true`` requests as SSE chunks;
     delay: seconds before answering; status: the HTTP status; body: raw bytes to send
-    instead of a chat completion."""
+    instead of a chat completion; headers: more response headers (e.g. Location).
+
+    flood: a piece the reply (chunked, 200, event-stream) repeats without end, until the
+    client hangs up or FLOOD_LIMIT bytes went out. ``flooded`` counts the bytes written,
+    ``hung_up`` says the client went away first, ``flood_over`` is set when it stops."""
+
+    FLOOD_LIMIT = 128 * 1024 * 1024
 
     def __init__(self, answer: str = "ITER, in France [1].", delay: float = 0.0,
-                 status: int = 200, body: bytes | None = None) -> None:
-        import json
-        import threading
+                 status: int = 200, body: bytes | None = None,
+                 headers: dict[str, str] | None = None, flood: bytes | None = None) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.requests: list[dict[str, Any]] = []
+        self.flooded = 0
+        self.hung_up = False
+        self.flood_over = threading.Event()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -231,6 +244,9 @@ class FakeLLM:
                                        "auth": self.headers.get("Authorization"),
                                        "host": self.headers.get("Host")})
                 time.sleep(delay)
+                if flood is not None:
+                    self._flood(flood)
+                    return
                 if req.get("stream") and body is None and status == 200:
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")
@@ -248,8 +264,26 @@ class FakeLLM:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _flood(self, piece: bytes) -> None:
+                self.close_connection = True
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                try:
+                    while outer.flooded < FakeLLM.FLOOD_LIMIT:
+                        self._chunk(piece)
+                        outer.flooded += len(piece)
+                    self._chunk(b"")
+                except OSError:  # the client hung up
+                    outer.hung_up = True
+                finally:
+                    outer.flood_over.set()
 
             def _chunk(self, data: bytes) -> None:
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -289,3 +323,19 @@ def db_execute(sql: str, **params: Any) -> Any:
             return result.all() if result.returns_rows else []
     finally:
         engine.dispose()
+
+
+@contextmanager
+def captured_logs() -> Iterator[list[dict[str, Any]]]:
+    """The app's log events written while the block runs, as parsed JSON objects (filled
+    in when the block ends). The handler configure_logging installs writes to a buffer
+    meanwhile, so this is what the log would have said, after redaction."""
+    handler = next(h for h in logging.getLogger().handlers if getattr(h, "_ai_platform", False))
+    buffer = io.StringIO()
+    previous = handler.setStream(buffer)  # type: ignore[attr-defined]
+    events: list[dict[str, Any]] = []
+    try:
+        yield events
+    finally:
+        handler.setStream(previous)  # type: ignore[attr-defined]
+        events.extend(json.loads(line) for line in buffer.getvalue().splitlines())

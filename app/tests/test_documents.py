@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import struct
 import zipfile
+from functools import lru_cache
 from typing import Any
 
 import pytest
@@ -99,6 +102,123 @@ def test_zip_bombs_fail_with_a_reason(client: Any, worker: Any, user: dict[str, 
         assert r.status_code == 201, (name, r.text)
         done = wait_for_status(client, user, project["id"], r.json()["id"], {"ready", "failed"})
         assert done["status"] == "failed" and reason in done["error"], (name, done)
+
+
+def _over_the_total() -> bytes:
+    """A DOCX with 21 media members of 10.25 MiB each, every one at about 33:1 (1 KiB of
+    random bytes per 41 KiB): each member is sane, together they unpack to 215 MiB."""
+    block = os.urandom(1024) + bytes(40 * 1024)
+    member = block * 256
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("word/document.xml", f"<w:document {W}><w:body><w:p><w:r><w:t>Glaciers "
+                   "carve valleys.</w:t></w:r></w:p></w:body></w:document>")
+        for i in range(21):
+            z.writestr(f"word/media/image{i}.bin", member)
+    return out.getvalue()
+
+
+def test_archive_over_the_total_size_fails_with_a_reason(client: Any, worker: Any,
+                                                         settings: Any, user: dict[str, Any],
+                                                         project: dict[str, Any]) -> None:
+    """Members whose sizes add up to more than MAX_ARCHIVE_UNCOMPRESSED_BYTES, none
+    of them above the ratio limit (nor the archive as a whole): the document fails on the
+    total, from the directory, before anything is unpacked."""
+    data = _over_the_total()
+    infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    total = sum(i.file_size for i in infos)
+    assert total > settings.max_archive_uncompressed_bytes
+    assert total / sum(i.compress_size for i in infos) < settings.max_archive_ratio
+    assert all(i.file_size < settings.max_archive_uncompressed_bytes / 10 and
+               i.file_size / i.compress_size < settings.max_archive_ratio for i in infos)
+    r = upload(client, user, project["id"], "total.docx", data)
+    assert r.status_code == 201, r.text
+    done = wait_for_status(client, user, project["id"], r.json()["id"], {"ready", "failed"})
+    assert done["status"] == "failed", done
+    assert done["error"] == ("unreadable DOCX: archive unpacks to more than "
+                             f"{settings.max_archive_uncompressed_bytes} bytes"), done
+
+
+def _declare_size(data: bytearray, name: str, size: int) -> None:
+    """Patch the uncompressed size ZIP declares for ``name``, in its local header and in
+    the central directory (the data and its CRC stay as they are)."""
+    raw = name.encode()
+    for sig, name_len_at, name_at, size_at in ((b"PK\x03\x04", 26, 30, 22),
+                                               (b"PK\x01\x02", 28, 46, 24)):
+        at = data.find(sig)
+        while at >= 0:
+            (length,) = struct.unpack_from("<H", data, at + name_len_at)
+            if data[at + name_at:at + name_at + length] == raw:
+                struct.pack_into("<I", data, at + size_at, size)
+            at = data.find(sig, at + 4)
+
+
+INFLATES_TO = 64 * 1024 * 1024
+
+
+@lru_cache(maxsize=1)
+def _lying_docx() -> bytes:
+    """A DOCX whose word/document.xml says it unpacks to 2000 bytes, and inflates to
+    64 MiB of well-formed XML (blanks): under every limit the directory is checked for."""
+    xml = (f"<w:document {W}><w:body>".encode() + b" " * INFLATES_TO
+           + b"<w:p><w:r><w:t>hidden</w:t></w:r></w:p></w:body></w:document>")
+    data = bytearray(_zip({"word/document.xml": xml}))
+    _declare_size(data, "word/document.xml", 2000)
+    assert zipfile.ZipFile(io.BytesIO(data)).getinfo("word/document.xml").file_size == 2000
+    return bytes(data)
+
+
+def test_lying_zip_directory_fails_with_a_reason(client: Any, worker: Any,
+                                                 user: dict[str, Any],
+                                                 project: dict[str, Any]) -> None:
+    """A member that inflates to far more than the directory declares: the document fails
+    with a reason (the member's read stops at its declared size, which then does not
+    match its checksum), instead of being read and indexed."""
+    r = upload(client, user, project["id"], "liar.docx", _lying_docx())
+    assert r.status_code == 201, r.text
+    done = wait_for_status(client, user, project["id"], r.json()["id"], {"ready", "failed"})
+    assert done["status"] == "failed", done
+    assert done["error"].startswith("unreadable DOCX: unreadable archive"), done
+
+
+def test_lying_zip_directory_is_read_only_as_far_as_it_declares() -> None:
+    """Bounded reading, in process where memory can be measured: the lying member is read
+    no further than the 2000 bytes it declares (the peak stays far below the 64 MiB it
+    inflates to). And a directory that lists one slide twice, a tiny entry and a large one
+    (together within the total limit), has the large one read twice: the reading budget
+    stops the second read where the total limit is reached."""
+    import tracemalloc
+    import warnings
+
+    from app.officedocs import ZipLimits
+    from app.textproc import DEFAULT_ZIP_LIMITS, ExtractionError, extract
+
+    data = _lying_docx()
+    assert not tracemalloc.is_tracing()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ExtractionError, match="unreadable archive"):
+            extract(data, "docx", zip_limits=DEFAULT_ZIP_LIMITS)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < INFLATES_TO // 16, peak
+
+    slide = f"<sld {A}><a:p><a:r><a:t>{'word ' * 12_000}</a:t></a:r></a:p></sld>"
+    out = io.BytesIO(_zip({"ppt/presentation.xml": "<p/>", "ppt/slides/slide1.xml": "<s/>"}))
+    with warnings.catch_warnings(), zipfile.ZipFile(out, "a", zipfile.ZIP_DEFLATED) as z:
+        warnings.simplefilter("ignore", UserWarning)  # zipfile: "Duplicate name"
+        z.writestr("ppt/slides/slide1.xml", slide)
+    twice = out.getvalue()
+    limits = ZipLimits(members=10, uncompressed_bytes=100_000, ratio=1000)
+    infos = zipfile.ZipFile(io.BytesIO(twice)).infolist()
+    assert [i.filename for i in infos].count("ppt/slides/slide1.xml") == 2
+    assert sum(i.file_size for i in infos) <= limits.uncompressed_bytes < 2 * len(slide)
+    with pytest.raises(ExtractionError, match="larger than their directory says"):
+        extract(twice, "pptx", zip_limits=limits)
+    once = _zip({"ppt/presentation.xml": "<p/>", "ppt/slides/slide1.xml": slide})
+    assert extract(once, "pptx", zip_limits=limits).text.startswith("Slide 1\nword word")
 
 
 def test_random_zip_is_still_refused(client: Any, user: dict[str, Any],

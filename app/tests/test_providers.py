@@ -1,6 +1,7 @@
 """Answer providers on the open internet: SSRF-safe URLs (https only, http only for the
-operator's allowlist, no private or local address, checked at connect time), a capped
-response and one generic error for the user; streamed answers (Server-Sent Events)."""
+operator's allowlist, no private or local address, checked at connect time), no redirects
+followed, a capped response (streamed or not) and one generic error for the user, the
+reason in the log; streamed answers (Server-Sent Events)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import threading
 from typing import Any
 
 import pytest
-from helpers import FakeLLM, add_provider, upload, wait_for_status
+from helpers import FakeLLM, Listener, add_provider, captured_logs, upload, wait_for_status
 
 QUESTION = {"question": "Where is the largest tokamak being built?"}
 TEXT = (b"The ITER project in France is building the largest tokamak in the world. "
@@ -93,8 +94,8 @@ def _ask(client: Any, rp: dict[str, Any], **extra: Any) -> Any:
                        json={**QUESTION, **extra}, headers=rp["user"]["headers"])
 
 
-def _fresh_provider(client: Any, rp: dict[str, Any], url: str) -> str:
-    r = add_provider(client, rp["user"], url)
+def _fresh_provider(client: Any, rp: dict[str, Any], url: str, **extra: Any) -> str:
+    r = add_provider(client, rp["user"], url, **extra)
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
 
@@ -189,3 +190,109 @@ def test_ask_streams_the_extractive_fallback(client: Any, ready_project: Any,
     assert len(tokens) > 3 and "ITER" in "".join(tokens)
     done = events[-1]
     assert done[0] == "done" and done[1]["mode"] == "extractive" and done[1]["provider_error"]
+
+
+def _failures(logs: list[dict[str, Any]], provider: str = "local") -> list[str]:
+    """The reasons of the provider_failed events the app logged for ``provider``."""
+    return [e["error"] for e in logs
+            if e.get("event") == "provider_failed" and e.get("provider") == provider]
+
+
+_TOKEN = b'data: {"choices": [{"delta": {"content": "' + b"x" * 1000 + b' "}}]}\n\n'
+
+
+@pytest.mark.parametrize(("flood", "piece", "stream"), [
+    ("tokens", _TOKEN, True),                 # valid SSE chunks, for ever
+    ("endless line", b"y" * 16384, True),     # one line that never ends
+    ("endless json", b" " * 16384, False),    # a JSON body of blanks, for ever
+])
+def test_endless_provider_response_is_cut_at_the_cap(client: Any, ready_project: Any,
+                                                     settings: Any, flood: str, piece: bytes,
+                                                     stream: bool) -> None:
+    """A provider that never stops sending: the app stops reading once more than
+    PROVIDER_MAX_RESPONSE_BYTES arrived and hangs up; the fake provider sees the
+    connection go away long before its own limit (a line that never ends is not buffered
+    either). The user gets the generic error, after the tokens already streamed (marked
+    incomplete) or with the extractive answer; the log says the response was too large."""
+    from app.answer import PROVIDER_FAILED
+
+    cap = settings.provider_max_response_bytes
+    with captured_logs() as logs, FakeLLM(flood=piece) as llm:
+        pid = _fresh_provider(client, ready_project, llm.url)
+        r = _ask(client, ready_project, provider_id=pid, stream=stream)
+        assert llm.flood_over.wait(60), "the provider is still sending"
+    # It read past the cap (the server wrote more), then hung up; what went out beyond the
+    # cap sat in the sockets' buffers (tens of MiB at most on loopback).
+    assert llm.hung_up, (flood, llm.flooded)
+    assert cap < llm.flooded < FakeLLM.FLOOD_LIMIT // 2, (flood, llm.flooded)
+    assert r.status_code == 200, r.text
+    if not stream:
+        body = r.json()
+        assert body["mode"] == "extractive" and body["provider_error"] == PROVIDER_FAILED
+        assert "ITER" in body["answer"]
+    else:
+        events = _events(r.text)
+        text = "".join(d["text"] for e, d in events if e == "token")
+        if flood == "tokens":
+            assert events[-1] == ("done", {"mode": "generative", "provider": "local",
+                                           "provider_error": PROVIDER_FAILED,
+                                           "incomplete": True})
+            assert 0 < len(text) <= cap and set(text) <= {"x", " "}
+        else:
+            assert events[-1] == ("done", {"mode": "extractive", "provider": "local",
+                                           "provider_error": PROVIDER_FAILED})
+            assert "ITER" in text and "y" * 100 not in text
+    assert _failures(logs) == [f"response larger than {cap} bytes"]
+    assert "larger than" not in r.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("status", [302, 307])
+def test_provider_redirects_are_not_followed(client: Any, ready_project: Any, status: int,
+                                             stream: bool) -> None:
+    """A provider that answers with a redirect, here to a loopback port (an address no
+    provider URL may name): the redirect is not followed, its target is never contacted,
+    the user gets the generic error and the log says which status came back."""
+    from app.answer import PROVIDER_FAILED
+
+    target = Listener(hold=False)
+    location = f"http://127.0.0.1:{target.port}/v1/chat/completions"
+    try:
+        with captured_logs() as logs, \
+                FakeLLM(status=status, headers={"Location": location}) as llm:
+            pid = _fresh_provider(client, ready_project, llm.url)
+            r = _ask(client, ready_project, provider_id=pid, stream=stream)
+            assert len(llm.requests) == 1
+    finally:
+        target.close()
+    assert target.connects == 0
+    assert r.status_code == 200, r.text
+    done = _events(r.text)[-1][1] if stream else r.json()
+    assert done["mode"] == "extractive" and done["provider_error"] == PROVIDER_FAILED
+    assert _failures(logs) == [f"provider answered HTTP {status}"]
+    assert "127.0.0.1" not in r.text and f"HTTP {status}" not in r.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_provider_failure_reason_is_logged_not_shown(client: Any, ready_project: Any,
+                                                     dead_port: int, stream: bool) -> None:
+    """Why a provider failed (its HTTP status, the connection error's type) is in the
+    log's provider_failed event, for the operator; the user's answer carries only the
+    generic error, and nothing the provider said."""
+    from app.answer import PROVIDER_FAILED
+
+    with FakeLLM(status=500, body=b'{"error": "model overloaded on node gpu-7"}') as e500:
+        cases = [("broken", e500.url, "provider answered HTTP 500"),
+                 ("gone", f"http://localhost:{dead_port}/v1",
+                  "provider unreachable: ConnectError")]
+        for name, url, reason in cases:
+            pid = _fresh_provider(client, ready_project, url, name=name)
+            with captured_logs() as logs:
+                r = _ask(client, ready_project, provider_id=pid, stream=stream)
+            assert r.status_code == 200, r.text
+            done = _events(r.text)[-1][1] if stream else r.json()
+            assert done["mode"] == "extractive" and done["provider"] == name, done
+            assert done["provider_error"] == PROVIDER_FAILED
+            assert _failures(logs, name) == [reason], logs
+            for secret in (reason, "HTTP 500", "ConnectError", "gpu-7", "localhost"):
+                assert secret not in r.text, (secret, r.text)
