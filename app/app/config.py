@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=5, ge=1)
     database_max_overflow: int = Field(default=10, ge=0)
     database_connect_timeout: int = Field(default=5, ge=1)
+    # A database host cut off the network (or powered off without closing its sockets)
+    # answers nothing: without these, a pooled connection to it waits for the kernel's
+    # retransmissions (about 15 min) and so does the request holding it. Data unacknowledged
+    # for DATABASE_TCP_USER_TIMEOUT_MS ends the connection; idle ones are probed by
+    # keepalives after DATABASE_KEEPALIVES_IDLE seconds (then every 3 s, 3 times).
+    database_tcp_user_timeout_ms: int = Field(default=10000, ge=0)
+    database_keepalives_idle: int = Field(default=10, ge=1)
     # Seconds a request waits for a free pooled connection before it is answered 503
     # with Retry-After (SQLAlchemy's default is 30 s, then a 500).
     database_pool_timeout: float = Field(default=5.0, gt=0)

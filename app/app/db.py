@@ -21,8 +21,17 @@ def make_engine(url: str, settings: Settings) -> Engine:
         pool_timeout=settings.database_pool_timeout,  # then 503 + Retry-After (app.errors)
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={"connect_timeout": settings.database_connect_timeout},
+        connect_args=connect_args(settings),
     ), settings)
+
+
+def connect_args(settings: Settings) -> dict[str, int]:
+    """libpq's connection options: connect timeout, TCP keepalives and the user timeout
+    that end a connection to a host that no longer answers (app.config)."""
+    return {"connect_timeout": settings.database_connect_timeout,
+            "keepalives": 1, "keepalives_idle": settings.database_keepalives_idle,
+            "keepalives_interval": 3, "keepalives_count": 3,
+            "tcp_user_timeout": settings.database_tcp_user_timeout_ms}
 
 
 def with_password_fallback(engine: Engine, settings: Settings) -> Engine:

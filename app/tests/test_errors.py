@@ -104,6 +104,19 @@ def test_pool_timeout_is_503_with_retry_after(make_client: Any) -> None:
     assert c.get("/api/v1/projects", headers=headers).status_code == 200
 
 
+def test_database_connections_give_up_on_a_silent_host(make_client: Any) -> None:
+    """Every pooled connection carries libpq's TCP user timeout and keepalives, so a
+    database host cut off the network frees the requests waiting on it in seconds, not
+    after the kernel's retransmissions (about 15 min). The behaviour itself is measured by
+    the failover bench's network cut on the lab (loopback acknowledges every packet)."""
+    app, _ = make_client(database_tcp_user_timeout_ms=7000, database_keepalives_idle=9)
+    for engine in {app.state.db.engine, app.state.db.read_engine}:
+        with engine.connect() as conn:
+            params = conn.connection.dbapi_connection.info.get_parameters()
+        assert params.get("tcp_user_timeout") == "7000", params
+        assert (params.get("keepalives"), params.get("keepalives_idle")) == ("1", "9"), params
+
+
 def test_ask_holds_no_connection_while_the_provider_thinks(make_client: Any,
                                                            worker: Any) -> None:
     """One pooled connection: while /ask waits for a slow provider, other requests of the
