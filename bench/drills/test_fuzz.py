@@ -73,7 +73,8 @@ def test_api_fuzzed_through_nginx(the_lab, record, tmp_path):
            other_findings=failures or "none", log=str(out.relative_to(REPO)))
     assert r.returncode in (0, 1), f"schemathesis exited {r.returncode}: {(r.stdout + r.stderr)[-3000:]}"
     # The run proves something: every operation, enough requests, most not rate-limited, the token used.
-    assert ops["tested"] == ops["total"] >= 20, ops
+    # Every operation but logout (left out above): schemathesis counts it in total, not in selected.
+    assert ops["tested"] == ops["selected"] == ops["total"] - 1 >= 20, ops
     assert len(calls) >= 500, len(calls)
     assert statuses["429"] <= 0.2 * len(calls), statuses
     assert any(c[:2] == ["GET", "/api/v1/auth/me"] and c[2] == "200" for c in calls), "the bearer token was not accepted"
