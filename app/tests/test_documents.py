@@ -7,6 +7,7 @@ import io
 import json
 import os
 import struct
+import uuid
 import zipfile
 from functools import lru_cache
 from typing import Any
@@ -247,6 +248,25 @@ def test_duplicate_upload_returns_the_existing_document(client: Any, user: dict[
     assert len(listed) == 1
     other = client.post("/api/v1/projects", json={"name": "other"}, headers=user["headers"]).json()
     assert upload(client, user, other["id"], "a.txt", b"the very same bytes").status_code == 201
+
+
+def test_concurrent_duplicate_uploads_make_one_document(client: Any, user: dict[str, Any],
+                                                        project: dict[str, Any]) -> None:
+    """Four uploads of the same bytes at once into one project (UPLOAD_CONCURRENCY's
+    default, so none is turned away as busy): one is created (201), the others answer that
+    same document (200), none fails on the (project, sha256) index."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = b"raced bytes " + uuid.uuid4().hex.encode()
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda i: upload(client, user, project["id"], f"r{i}.txt", data),
+                                range(4)))
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [200] * 3 + [201], [(r.status_code, r.text[:200]) for r in answers]
+    assert len({r.json()["id"] for r in answers}) == 1
+    listed = client.get(f"/api/v1/projects/{project['id']}/documents",
+                        headers=user["headers"]).json()
+    assert len(listed) == 1, listed
 
 
 def test_reindex_and_retry(client: Any, worker: Any, user: dict[str, Any],
