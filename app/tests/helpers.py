@@ -325,17 +325,25 @@ def db_execute(sql: str, **params: Any) -> Any:
         engine.dispose()
 
 
+class CapturedLogs(list):  # type: ignore[type-arg]
+    """Parsed log events; ``text`` is what was written, line for line."""
+
+    text = ""
+
+
 @contextmanager
-def captured_logs() -> Iterator[list[dict[str, Any]]]:
+def captured_logs() -> Iterator[CapturedLogs]:
     """The app's log events written while the block runs, as parsed JSON objects (filled
-    in when the block ends). The handler configure_logging installs writes to a buffer
-    meanwhile, so this is what the log would have said, after redaction."""
+    in when the block ends; every line must be JSON). The handler configure_logging
+    installs writes to a buffer meanwhile, so this is what the log would have said, after
+    redaction."""
     handler = next(h for h in logging.getLogger().handlers if getattr(h, "_ai_platform", False))
     buffer = io.StringIO()
     previous = handler.setStream(buffer)  # type: ignore[attr-defined]
-    events: list[dict[str, Any]] = []
+    events = CapturedLogs()
     try:
         yield events
     finally:
         handler.setStream(previous)  # type: ignore[attr-defined]
-        events.extend(json.loads(line) for line in buffer.getvalue().splitlines())
+        events.text = buffer.getvalue()
+        events.extend(json.loads(line) for line in events.text.splitlines())

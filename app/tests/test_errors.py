@@ -4,8 +4,6 @@ and the public /health (status only, cached) against /health/details."""
 
 from __future__ import annotations
 
-import io
-import logging
 import threading
 import time
 import uuid
@@ -14,7 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import FakeLLM, add_provider
+from helpers import FakeLLM, add_provider, captured_logs
 
 
 @pytest.fixture()
@@ -42,12 +40,6 @@ def _login(c: TestClient) -> dict[str, str]:
     return {"Authorization": f"Bearer {tok.json()['access_token']}"}
 
 
-def _capture() -> tuple[Any, io.StringIO, Any]:
-    handler = next(h for h in logging.getLogger().handlers if getattr(h, "_ai_platform", False))
-    buffer = io.StringIO()
-    return handler, buffer, handler.setStream(buffer)  # type: ignore[attr-defined]
-
-
 def test_unhandled_error_is_500_with_request_id_and_redacted(make_client: Any) -> None:
     app, c = make_client()
 
@@ -55,16 +47,13 @@ def test_unhandled_error_is_500_with_request_id_and_redacted(make_client: Any) -
     def boom() -> None:
         raise RuntimeError("cannot reach postgresql://app:pw-never-logged@db1/app")
 
-    handler, buffer, previous = _capture()
-    try:
+    with captured_logs() as logs:
         r = c.get("/boom", headers={"X-Request-ID": "req-500-check"})
-    finally:
-        handler.setStream(previous)
     assert r.status_code == 500
     assert r.headers["x-request-id"] == "req-500-check"
     assert r.json() == {"error": {"code": "internal_error", "message": "internal error",
                                   "request_id": "req-500-check"}}
-    out = buffer.getvalue()
+    out = logs.text
     assert "unhandled_error" in out and "RuntimeError" in out  # the traceback is logged
     assert "pw-never-logged" not in out and "pw-never-logged" not in r.text
 

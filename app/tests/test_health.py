@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from helpers import captured_logs
 
 COMPONENTS = ("api", "database", "redis", "celery", "chroma")
 
@@ -83,13 +83,9 @@ def test_request_id_and_process_time(client: Any) -> None:
 
 
 def test_logs_are_json_and_free_of_secrets(client: Any, user: dict[str, Any]) -> None:
-    import io
     import logging
 
-    handler = next(h for h in logging.getLogger().handlers if getattr(h, "_ai_platform", False))
-    buffer = io.StringIO()
-    previous = handler.setStream(buffer)  # type: ignore[attr-defined]
-    try:
+    with captured_logs() as lines:  # every line is JSON
         client.post("/api/v1/auth/login",
                     json={"email": user["email"], "password": user["password"]},
                     headers={"X-Request-ID": "log-check-1"})
@@ -100,10 +96,7 @@ def test_logs_are_json_and_free_of_secrets(client: Any, user: dict[str, Any]) ->
 
         structlog.get_logger("app.test").info("probe2", password="hunter2-never",
                                               dsn="postgresql://u:pw-never@h/db")
-    finally:
-        handler.setStream(previous)  # type: ignore[attr-defined]
-    out = buffer.getvalue()
-    lines = [json.loads(line) for line in out.splitlines()]  # every line is JSON
+    out = lines.text
     access = [x for x in lines if x.get("event") == "request"]
     assert any(x.get("request_id") == "log-check-1" and x["status"] == 200 for x in access)
     assert all({"method", "path", "status", "duration_ms", "timestamp"} <= x.keys()

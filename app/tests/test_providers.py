@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from typing import Any
 
 import pytest
@@ -46,35 +45,6 @@ def test_unsafe_provider_urls_are_422(client: Any, user: dict[str, Any], url: st
     assert r.json()["error"]["code"] in ("invalid_url", "validation_error")
 
 
-class _Listener:
-    """A TCP port on loopback that records whether anything connected to it."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self.stop = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self.stop = True
-        self.thread.join()
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def ready_project(client: Any, worker: Any) -> dict[str, Any]:
     import uuid
@@ -104,7 +74,7 @@ def test_dns_rebinding_is_refused_at_connect_time(client: Any, ready_project: An
                                                   monkeypatch: Any) -> None:
     """The name resolved to a public address when the provider was made; at ask time it
     resolves to loopback. Nothing may connect there."""
-    listener = _Listener()
+    listener = Listener(hold=False)
     try:
         pid = _fresh_provider(client, ready_project,
                               f"https://rebind.example.com:{listener.port}/v1")
@@ -121,7 +91,7 @@ def test_dns_rebinding_is_refused_at_connect_time(client: Any, ready_project: An
         listener.close()
     assert r.status_code == 200, r.text
     assert r.json()["mode"] == "extractive"
-    assert listener.connections == 0
+    assert listener.connects == 0
 
 
 def test_provider_errors_look_alike(client: Any, ready_project: Any, dead_port: int) -> None:
