@@ -82,8 +82,10 @@ molecule_all() {  # prints its progress; one "name<TAB>seconds<TAB>result<TAB>wh
       result=FAILED; echo "molecule:$1 FAILED ($((SECONDS - t)) s); end of $log:"; tail -n 60 "$log"
       # The first failures again in the summary: CI often shows only its end.
       # (Not Ansible's "FAILED - RETRYING" lines of until-loops: they are progress, not failures.)
-      reason=$(grep -E '^(fatal|failed): |^FAILED |^E +|^ERROR  ' "$log" | grep -v '^FAILED - RETRYING' | head -n 3 \
-        | cut -c1-400 | tr '\n\t' '  ')
+      # Up to 40 lines (a test's own diagnosis spans several), kept apart by \037 in the
+      # one-line record and printed one per line in the summary.
+      reason=$(grep -E '^(fatal|failed): |^FAILED |^E +|^ERROR  ' "$log" | grep -v '^FAILED - RETRYING' | head -n 40 \
+        | cut -c1-300 | tr '\t' ' ' | tr '\n' '\037')
     fi
     grep -E '^=+ .*(passed|failed).* in ' "$log" | tail -n 1 | sed "s|^|  $1 testinfra: |"
     printf 'molecule:%s\t%s\t%s\t%s\n' "$1" "$((SECONDS - t))" "$result" "$reason" >>"$out"
@@ -172,6 +174,6 @@ for i in "${!names[@]}"; do
   printf '%-40s %8s  %s\n' "${names[$i]}" "${times[$i]}" "${results[$i]}"
 done
 printf '%-40s %8s\n' total "$SECONDS"
-for r in "${reasons[@]}"; do echo "why $r"; done
+for r in "${reasons[@]}"; do r=${r%$'\037'}; echo "why ${r//$'\037'/$'\n    '}"; done
 echo "stages: $passed passed, $failed failed"
 ((failed == 0))

@@ -43,27 +43,33 @@ def start_marks() -> dict[str, str]:
 
 
 def why_restarted(before: dict, after: dict, since: str, playbook_out: str) -> str:
-    """What a failed 'nothing restarted' check needs to name its cause: which marks moved,
-    the playbook's changed tasks, Patroni's history (a leader change shows there) and the
-    moved members' Patroni log lines since the playbook started (a lost leader lock, a
-    demotion, a restart asked through the REST API)."""
+    """What a failed 'nothing restarted' check needs to name its cause, most telling first
+    (CI shows the first lines only): which marks moved, Patroni's history (a leader change
+    shows there), every member's Patroni log lines since the playbook started (a lost leader
+    lock, a demotion, a restart asked through the REST API), etcd's complaints on the moved
+    members (slow disk or CPU, elections), then the playbook's changed tasks."""
     moved = {k: (before[k], after.get(k)) for k in before if before[k] != after.get(k)}
+    first = node(DB_HOSTS[0])
+    history = first.run(f"runuser -u postgres -- patronictl -c {PATRONI_CONFIG} history").stdout
+    out = [f"moved: {moved}", "patronictl history (last 3):", *history.strip().splitlines()[-3:]]
+    for h in DB_HOSTS:
+        log = node(h).run(f"journalctl -u {UNIT} --since '{since}' --no-pager -o short-iso").stdout
+        keep = [ln[:220] for ln in log.splitlines()
+                if re.search(r"demot|lock|restart|switchover|failover|promot|timeout|error|not healthy|"
+                             r"stop|start|exception|fail", ln, re.IGNORECASE) and "no action" not in ln]
+        out += [f"{h} Patroni since {since}: {len(keep)} lines", *keep[-8:]]
+    for h in sorted({k.split(":")[0] for k in moved}):
+        log = node(h).run(f"journalctl -u etcd --since '{since}' --no-pager -o short-iso").stdout
+        keep = [ln[:220] for ln in log.splitlines()
+                if re.search(r"took too long|election|lost|timeout|slow|leader changed|became", ln, re.IGNORECASE)]
+        out += [f"{h} etcd since {since}: {len(keep)} lines", *keep[-4:]]
     lines = playbook_out.splitlines()
     changed = []
     for i, line in enumerate(lines):
         if line.startswith("changed:"):
             task = next((lines[j] for j in range(i, -1, -1) if lines[j].startswith("TASK [")), "?")
-            changed.append(f"{task} {line}")
-    first = node(DB_HOSTS[0])
-    history = first.run(f"runuser -u postgres -- patronictl -c {PATRONI_CONFIG} history").stdout[-1200:]
-    logs = []
-    for h in sorted({k.split(":")[0] for k in moved}):
-        out = node(h).run(f"journalctl -u {UNIT} --since '{since}' --no-pager -o short-iso").stdout
-        keep = [ln for ln in out.splitlines()
-                if re.search(r"demot|lock|restart|switchover|failover|promot|timeout|error|not healthy", ln, re.I)]
-        logs.append(f"--- {h}: Patroni since {since}\n" + "\n".join(keep[-25:]))
-    return "\n".join([f"moved: {moved}", "changed tasks:", *changed[-30:],
-                      f"patronictl history (tail):\n{history}", *logs])
+            changed.append(f"{task.rstrip(' *')} {line}")
+    return "\n".join([*out, f"changed tasks ({len(changed)}):", *changed[-20:]])
 
 
 def test_scale_out_adds_a_replica_without_restarting_the_others():
