@@ -63,3 +63,17 @@ def test_parallel_query_works(host):
     out = sql(host, "SET force_parallel_mode = on", "SET parallel_setup_cost = 0",
               "EXPLAIN (ANALYZE, VERBOSE, COSTS OFF) SELECT count(*) FROM pg_class")
     assert re.search(r"Workers Launched: [1-9]", out), out
+
+
+def test_rejoin_nudge_runs_everywhere_and_writes_nothing_while_every_member_streams(host):
+    """patroni-rejoin-nudge (roles/postgresql/README.md): its timer on every member, sandboxed; a run on a
+    cluster whose members all stream exits cleanly and logs no write (only a member stuck starting, a rewound
+    former leader on an idle cluster, makes the leader commit its one record)."""
+    only(host, *DB_HOSTS)
+    assert host.service("patroni-rejoin-nudge.timer").is_enabled
+    assert host.service("patroni-rejoin-nudge.timer").is_running
+    since = host.check_output("date -u '+%Y-%m-%d %H:%M:%S'")
+    host.run_expect([0], "systemctl start patroni-rejoin-nudge.service")
+    assert host.check_output("systemctl show -p Result --value patroni-rejoin-nudge.service") == "success"
+    log = host.check_output(f"journalctl -t patroni-rejoin-nudge --since '{since}' --no-pager -o cat")
+    assert "committed one WAL record" not in log and "did not answer" not in log, log
