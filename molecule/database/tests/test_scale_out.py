@@ -52,17 +52,18 @@ def why_restarted(before: dict, after: dict, since: str, playbook_out: str) -> s
     first = node(DB_HOSTS[0])
     history = first.run(f"runuser -u postgres -- patronictl -c {PATRONI_CONFIG} history").stdout
     out = [f"moved: {moved}", "patronictl history (last 3):", *history.strip().splitlines()[-3:]]
+
+    def journal(h: str, unit: str, what: str, pattern: str, last: int) -> list[str]:
+        """A heading and the last lines of the unit's journal since the playbook began that match."""
+        log = node(h).run(f"journalctl -u {unit} --since '{since}' --no-pager -o short-iso").stdout
+        keep = [ln[:220] for ln in log.splitlines() if re.search(pattern, ln, re.IGNORECASE) and "no action" not in ln]
+        return [f"{h} {what} since {since}: {len(keep)} lines", *keep[-last:]]
+
     for h in DB_HOSTS:
-        log = node(h).run(f"journalctl -u {UNIT} --since '{since}' --no-pager -o short-iso").stdout
-        keep = [ln[:220] for ln in log.splitlines()
-                if re.search(r"demot|lock|restart|switchover|failover|promot|timeout|error|not healthy|"
-                             r"stop|start|exception|fail", ln, re.IGNORECASE) and "no action" not in ln]
-        out += [f"{h} Patroni since {since}: {len(keep)} lines", *keep[-8:]]
+        out += journal(h, UNIT, "Patroni", r"demot|lock|restart|switchover|failover|promot|timeout|error|not healthy|"
+                                           r"stop|start|exception|fail", 8)
     for h in sorted({k.split(":")[0] for k in moved}):
-        log = node(h).run(f"journalctl -u etcd --since '{since}' --no-pager -o short-iso").stdout
-        keep = [ln[:220] for ln in log.splitlines()
-                if re.search(r"took too long|election|lost|timeout|slow|leader changed|became", ln, re.IGNORECASE)]
-        out += [f"{h} etcd since {since}: {len(keep)} lines", *keep[-4:]]
+        out += journal(h, "etcd", "etcd", r"took too long|election|lost|timeout|slow|leader changed|became", 4)
     lines = playbook_out.splitlines()
     changed = []
     for i, line in enumerate(lines):
