@@ -84,7 +84,8 @@ def module_cost(lab: Lab, env: dict, n: int = 20) -> dict:
             # file), and only unchanged tasks are compared.
             for count in (1, 1, n + 1):
                 book = tmp / f"{name}-{count}.yml"
-                book.write_text(f"- hosts: {host}\n  gather_facts: false\n  tasks:\n"
+                # become, as every play of site.yml: the lab logs in as deploy, a sudo user.
+                book.write_text(f"- hosts: {host}\n  become: true\n  gather_facts: false\n  tasks:\n"
                                 + "".join(f"    - name: {name} {i}\n      {task}\n" for i in range(count)))
                 runs[count], _ = cpu_run(lab.args.inventory, str(book), env=env)
             out[name] = {k: round((runs[n + 1][k] - runs[1][k]) / n, 3)

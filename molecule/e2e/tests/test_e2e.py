@@ -32,7 +32,9 @@ REDIS_HOSTS = {"e2e-svc": "10.90.21.41", "e2e-svc2": "10.90.21.42"}
 
 
 def host(name: str):
-    return testinfra.get_host(f"ansible://{name}", ansible_inventory=INVENTORY)
+    """A scenario host, its commands run with sudo: the scenario logs in as deploy
+    (molecule.yml), and the tests read and change root's files and services."""
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=INVENTORY, sudo=True)
 
 
 @pytest.fixture(scope="module")

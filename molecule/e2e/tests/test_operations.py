@@ -189,7 +189,7 @@ def test_scale_out_adds_an_app_host_without_restarting_the_others(client):
     try:
         rc, out = playbook(str(REPO / "site.yml"), inventory=str(scaled))
         assert rc == 0, out[-4000:]
-        app3 = testinfra.get_host(f"ansible://{NEW_APP['name']}", ansible_inventory=str(scaled))
+        app3 = testinfra.get_host(f"ansible://{NEW_APP['name']}", ansible_inventory=str(scaled), sudo=True)
         for unit in ("ai-platform-api", "ai-platform-worker"):
             assert app3.service(unit).is_running, unit
         assert not app3.service("ai-platform-beat").is_running
