@@ -66,6 +66,10 @@ HOST_FLAGS = [
     "--cgroupns=private", "--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined",
     # ufw/firewalld program netfilter in the host's own network namespace.
     "--cap-add", "NET_ADMIN",
+    # root on a machine may read every process's /proc/PID/exe; Docker's default set
+    # drops SYS_PTRACE, and without it needrestart (the hardening role) cannot see the
+    # services that run as other users, so it would never consider restarting them.
+    "--cap-add", "SYS_PTRACE",
     "--security-opt", "apparmor=unconfined",
     "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/sys/fs/cgroup",
     "--stop-signal", "SIGRTMIN+3",  # systemd's clean shutdown

@@ -40,7 +40,7 @@ ExecStart=/usr/bin/python3 -c "import ssl, time; time.sleep(86400)"
 # host -> the units whose processes must survive; the first of each is one needrestart
 # must list (it has libssl loaded), the others are only held to the same PIDs.
 PROTECTED = {
-    "e2e-db1": ["patroni", "etcd"],
+    "e2e-db1": ["patroni@15-main", "etcd"],
     "e2e-svc": ["redis@broker", "redis@cache", "redis-sentinel", "chromadb"],
     "e2e-app1": ["ai-platform-api", "ai-platform-worker", "ai-platform-beat"],
 }
@@ -78,7 +78,7 @@ def pids(h, units: list[str]) -> dict[str, str]:
     """unit -> its main PID and start time (a restart changes both); the postmaster's PID too."""
     out = {u: h.check_output(f"systemctl show -P MainPID -P ExecMainStartTimestampMonotonic {u}").replace("\n", "/")
            for u in units}
-    if "patroni" in units:
+    if any(u.startswith("patroni") for u in units):
         out["postgres (postmaster)"] = h.check_output("pgrep -o -x postgres")
     return out
 
