@@ -6,6 +6,7 @@ import configparser
 import shutil
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 from bench.lab import REPO, Lab, cpu_run, log, on
@@ -88,6 +89,11 @@ def module_cost(lab: Lab, env: dict, n: int = 20) -> dict:
                 book.write_text(f"- hosts: {host}\n  become: true\n  gather_facts: false\n  tasks:\n"
                                 + "".join(f"    - name: {name} {i}\n      {task}\n" for i in range(count)))
                 runs[count], _ = cpu_run(lab.args.inventory, str(book), env=env)
+                if env["ANSIBLE_STRATEGY"].startswith("mitogen"):
+                    # Mitogen opens a new SSH connection per run (no ControlPersist to reuse):
+                    # the firewall's `ufw limit` on 22 refuses the 6th within 30 s from one
+                    # address (seen: the bench's 6th short run refused, 5 Dec).
+                    time.sleep(6)
             out[name] = {k: round((runs[n + 1][k] - runs[1][k]) / n, 3)
                          for k in ("seconds", "control_cpu_s", "hosts_cpu_s") if k in runs[1]}
             log(f"deploy: one {name} task on {host} ({env['ANSIBLE_STRATEGY']}): {out[name]}")
