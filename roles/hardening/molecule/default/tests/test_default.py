@@ -286,6 +286,30 @@ def test_login_umask_and_password_aging(host):
 # --- AIDE ---------------------------------------------------------------------------
 
 
+def test_login_shells_time_out_and_dump_no_core(host):
+    """An interactive login shell gets a read-only TMOUT and a core size of 0; a
+    non-interactive one (Ansible's) is not limited in time."""
+    out = host.check_output("bash -lic 'echo TMOUT=$TMOUT; ulimit -c; TMOUT=0 2>&1 || echo readonly' </dev/null 2>&1")
+    assert "TMOUT=900" in out and "\n0\n" in f"\n{out}\n" and "readonly" in out, out
+
+
+def test_audit_tools_and_compilers_for_root_only(host):
+    for pkg in ("libpam-tmpdir", "debsums"):
+        assert host.package(pkg).is_installed, pkg
+    # Files of installed packages (not their conffiles, which the roles edit) match their
+    # checksums: debsums -c lists the changed ones.
+    assert host.run("debsums -c 2>/dev/null | head -5").stdout.strip() == ""
+    overrides = host.check_output("dpkg-statoverride --list")
+    restricted = [f for f in ("/usr/bin/x86_64-linux-gnu-as", "/usr/bin/aarch64-linux-gnu-as")
+                  if host.file(f).exists]
+    assert restricted, "no assembler on the host: the compiler test would prove nothing"
+    for path in restricted:
+        f = host.file(path)
+        assert (f.user, f.group, f.mode) == ("root", "root", 0o750), (path, f.user, f.group, oct(f.mode))
+        assert f"root root 0750 {path}" in overrides, overrides
+        assert host.run(f"runuser -u nobody -- {path} --version").rc != 0, f"nobody may run {path}"
+
+
 def test_aide_notices_a_change_and_the_update_rebaselines(host):
     assert host.service("hardening-aide-check.timer").is_enabled
     assert host.file("/var/lib/aide/aide.db").exists
