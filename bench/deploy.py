@@ -54,7 +54,7 @@ def measure(lab: Lab) -> dict:
     per = {name: {"median_s": statistics.median(r["seconds"] for r in rs), "runs": rs, "changed": max(r["changed"] for r in rs),
                   "module_cost": module_cost(lab, STRATEGIES[name])} for name, rs in runs.items()}
     default = configured_strategy()
-    return {"default_strategy": default, "strategies": per,
+    return {"hosts": len(lab.addr), "default_strategy": default, "strategies": per,
             "idempotent_rerun_s": per[default]["median_s"], "idempotent_runs": runs[default],
             "changed": max(p["changed"] for p in per.values()),
             "mitogen_speedup": per["ssh"]["median_s"] / per["mitogen"]["median_s"],
@@ -111,8 +111,9 @@ def _cpu(runs: list[dict], median: float) -> str:
     r = min(runs, key=lambda x: abs(x["seconds"] - median))
     if "cpu_floor_s" not in r:
         return ""
+    slowest = "; slowest tasks: " + ", ".join(r["slowest_tasks"][:3]) if r.get("slowest_tasks") else ""
     return (f"; control node {r['control_cpu_s']:.0f} CPU-s + hosts {r['hosts_cpu_s']:.0f} CPU-s for {r['host_task_results']} "
-            f"task results, floor {r['cpu_floor_s']:.0f} s")
+            f"task results, floor {r['cpu_floor_s']:.0f} s" + slowest)
 
 
 def _module_cost(mc: dict) -> str:
@@ -132,7 +133,7 @@ def rows(res: dict) -> list[Row]:
     for name, s in per.items():
         mark = " (the default: ansible.cfg)" if name == default else ""
         each = ", ".join(f"{r['seconds']:.0f}" for r in s["runs"])
-        out.append(Row(f"site.yml idempotent re-run (lab, 8 hosts), {LABEL[name]}{mark}: median of {len(s['runs'])} runs, "
+        out.append(Row(f"site.yml idempotent re-run (lab, {d.get('hosts', 8)} hosts), {LABEL[name]}{mark}: median of {len(s['runs'])} runs, "
                        "changed tasks; where its CPU went and the floor that sets on the machine's cores", "≤ 45 s; changed=0",
                        f"{s['median_s']:.0f} s (runs {each}), changed={s['changed']}"
                        + _cpu(s["runs"], s["median_s"]), s["median_s"] <= 45 and s["changed"] == 0))

@@ -100,7 +100,18 @@ def cpu_run(inventory: Path, path: str, *extra: str, env: dict | None = None) ->
     rows = recap(stdout)
     out["changed"] = sum(ch for _, _, ch in rows)
     out["host_task_results"] = sum(ok + ch for h, ok, ch in rows if h != "localhost")
+    out["slowest_tasks"] = slowest_tasks(stdout)
     return out, stdout
+
+
+def slowest_tasks(stdout: str, n: int = 10) -> list[str]:
+    """The n slowest tasks of a run, from profile_tasks's TASKS RECAP (ansible.cfg enables it):
+    "role : task name 12.34s", the slowest first."""
+    at = stdout.rfind("TASKS RECAP")
+    if at < 0:
+        return []
+    recap = stdout[at:].splitlines()[3:3 + n]
+    return [re.sub(r"\s*-{3,}\s*", " ", x).strip() for x in recap if x.strip()]
 
 
 def drop_ssh_masters() -> None:
