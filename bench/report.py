@@ -108,7 +108,7 @@ def lookup(res: dict, path: str):
     """The value at a dotted path of results.json (KeyError, IndexError when it is not there)."""
     value = res
     for part in path.split("."):
-        value = value[int(part)] if isinstance(value, list) else value[part]
+        value = value[int(part)] if isinstance(value, (list, tuple)) else value[part]
     return value
 
 
