@@ -14,7 +14,7 @@ import chromadb
 import numpy as np
 from app.config import get_settings
 from app.embeddings import Embedder, locate_model
-from app.vectorstore import VectorStore
+from app.vectorstore import VectorStore, host_port_ssl
 from chromadb.api.types import DefaultEmbeddingFunction, EmbeddingFunction
 from chromadb.config import Settings as ChromaSettings
 from chromadb.utils.embedding_functions.onnx_mini_lm_l6_v2 import ONNXMiniLM_L6_V2
@@ -52,7 +52,8 @@ out = {"documents": len(docs), "texts": len(texts), "chars_mean": sum(map(len, t
 t0 = time.perf_counter()
 DefaultEmbeddingFunction()(["warm the page cache"])
 out["default_ef_one_call_s"] = round(time.perf_counter() - t0, 3)
-host, port, ssl = s.chroma_host_port_ssl
+# The first of CHROMA_URL's servers, as the app's reads prefer it.
+host, port, ssl = host_port_ssl(s.chroma_urls[0])
 client = chromadb.HttpClient(host=host, port=port, ssl=ssl, headers=s.chroma_headers,
                              settings=ChromaSettings(anonymized_telemetry=False))
 name = cfg["collection"]
