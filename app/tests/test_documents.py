@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 import pytest
-from helpers import db_execute, upload, wait_for_status
+from helpers import db_execute, insert_document, upload, wait_for_status
 
 W = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
 A = 'xmlns:a="http://schemas.openxmlformats.org/drawingml/2006/main"'
@@ -285,6 +285,19 @@ def test_reindex_and_retry(client: Any, worker: Any, user: dict[str, Any],
     r = client.post(f"{base}/{doc['id']}/retry", headers=user["headers"])
     assert r.status_code == 202 and r.json()["error"] is None
     assert wait_for_status(client, user, project["id"], doc["id"], {"ready"})["attempts"] == 1
+
+
+def test_reindex_refused_while_indexing(client: Any, settings: Any, user: dict[str, Any],
+                                        project: dict[str, Any]) -> None:
+    """A document a worker is indexing is not queued a second time: 409, and it stays as it
+    was (a retry of it is refused too: it has not failed)."""
+    doc = insert_document(settings, project["id"], b"being indexed", status="indexing")
+    base = f"/api/v1/projects/{project['id']}/documents/{doc}"
+    r = client.post(f"{base}/reindex", headers=user["headers"])
+    assert r.status_code == 409 and r.json()["error"]["code"] == "indexing_in_progress", r.text
+    r = client.post(f"{base}/retry", headers=user["headers"])
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_failed", r.text
+    assert client.get(base, headers=user["headers"]).json()["status"] == "indexing"
 
 
 def test_sentry_client_is_configured(settings: Any) -> None:

@@ -15,7 +15,6 @@ def shared(client: Any, make_user: Any, settings: Any) -> dict[str, Any]:
     owner, reader, writer, stranger = make_user(), make_user(), make_user(), make_user()
     p = client.post("/api/v1/projects", json={"name": "shared"},
                     headers=owner["headers"]).json()
-    doc = upload(client, owner, p["id"], "notes.txt", b"the owner's notes").json()
     for member, role in ((reader, "read"), (writer, "write")):
         r = client.put(f"/api/v1/projects/{p['id']}/members",
                        json={"email": member["email"], "role": role}, headers=owner["headers"])
@@ -23,8 +22,10 @@ def shared(client: Any, make_user: Any, settings: Any) -> dict[str, Any]:
     members = client.get(f"/api/v1/projects/{p['id']}/members", headers=owner["headers"]).json()
     for member in (reader, writer):
         member["id"] = next(m["user_id"] for m in members if m["email"] == member["email"])
-    # Put in place as an upload leaves them, without queueing them: a document whose
-    # indexing failed (to retry) and one to delete.
+    # Put in place as an upload leaves them, without queueing them: an indexed document
+    # (not an upload: a session's worker could be indexing it when the writer asks to
+    # reindex it, a 409 by design), one whose indexing failed (to retry) and one to delete.
+    doc = {"id": insert_document(settings, p["id"], b"the owner's notes", status="ready")}
     failed = insert_document(settings, p["id"], b"a failed document", status="failed")
     victim = insert_document(settings, p["id"], b"a document to delete", status="ready")
     return {"owner": owner, "reader": reader, "writer": writer, "stranger": stranger,
