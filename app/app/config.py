@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     database_read_url: str | None = None
     database_pool_size: int = Field(default=5, ge=1)
     database_max_overflow: int = Field(default=10, ge=0)
-    database_connect_timeout: int = Field(default=5, ge=1)
+    database_connect_timeout: int = Field(default=2, ge=2)  # libpq's minimum
     # A database host cut off the network (or powered off without closing its sockets)
     # answers nothing: without these, a pooled connection to it waits for the kernel's
     # retransmissions (about 15 min) and so does the request holding it. Data unacknowledged
