@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import time
 
 from bench.lab import lab as lab_tool
@@ -18,12 +20,25 @@ def version(host: str) -> str:
 def members(hosts: list[str]) -> list[dict]:
     """`patronictl list` from the first of hosts that answers."""
     for h in hosts:
-        try:  # a host that is powered off: ask the next one
+        try:  # a host that is powered off, or cut off (patronictl waits for etcd): ask the next one
             out = on(h, f"{PATRONICTL.format(ver=version(h))} list -f json", timeout=60)
             return json.loads(out)
-        except (RuntimeError, ValueError):
+        except (RuntimeError, ValueError, subprocess.TimeoutExpired):
             continue
     raise RuntimeError(f"no Patroni member answered on {hosts}")
+
+
+def ttl(hosts: list[str]) -> int:
+    """Patroni's ttl (seconds) in the cluster's dynamic configuration."""
+    for h in hosts:
+        try:
+            conf = on(h, f"{PATRONICTL.format(ver=version(h))} show-config", timeout=60)
+        except (RuntimeError, subprocess.TimeoutExpired):
+            continue
+        m = re.search(r"^ttl: (\d+)$", conf, re.M)
+        if m:
+            return int(m.group(1))
+    raise RuntimeError(f"no Patroni member of {hosts} told its ttl")
 
 
 def leader(hosts: list[str], timeout: float = 120) -> str:
@@ -68,6 +83,17 @@ def wait_streaming(host: str, timeout: float = 600) -> float | None:
         if streams(host):
             return round(time.monotonic() - t0, 1)
         time.sleep(2)
+    return None
+
+
+def etcd_leader(hosts: list[str], addr: dict[str, str], port: int = 2381) -> str | None:
+    """The etcd member that leads the consensus store (etcd_server_is_leader on its own
+    metrics listener, read on each host: the firewall admits only the monitoring hosts)."""
+    for h in hosts:
+        metric = on(h, f"curl -s --max-time 5 http://{addr[h]}:{port}/metrics | grep '^etcd_server_is_leader '",
+                    check=False, timeout=30).split()
+        if metric[-1:] == ["1"]:
+            return h
     return None
 
 

@@ -12,7 +12,7 @@ from conftest import DATA_DIR, DB_HOSTS, cluster, leader, name, only, other, sql
 # Committed on the leader of the moment, so on every member at the end; "after-in-place-point" was
 # written after the restore point that the last step restored the cluster to, in place.
 KEPT = ["after-converge", "after-failover", "after-poweroff", "after-sigkill", "after-switchover"]
-TTL = 20  # postgresql_patroni_ttl (the role's default)
+TTL = 15  # postgresql_patroni_ttl (the role's default)
 
 
 def facts(kind):
