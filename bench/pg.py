@@ -17,28 +17,32 @@ def version(host: str) -> str:
     return on(host, "ls /etc/postgresql").split()[-1]
 
 
-def members(hosts: list[str]) -> list[dict]:
-    """`patronictl list` from the first of hosts that answers."""
+def _patronictl(hosts: list[str], args: str, parse):
+    """parse(output of `patronictl ARGS`) from the first of hosts that answers with output
+    parse accepts (it raises ValueError otherwise)."""
     for h in hosts:
         try:  # a host that is powered off, or cut off (patronictl waits for etcd): ask the next one
-            out = on(h, f"{PATRONICTL.format(ver=version(h))} list -f json", timeout=60)
-            return json.loads(out)
+            return parse(on(h, f"{PATRONICTL.format(ver=version(h))} {args}", timeout=60))
         except (RuntimeError, ValueError, subprocess.TimeoutExpired):
             continue
-    raise RuntimeError(f"no Patroni member answered on {hosts}")
+    raise RuntimeError(f"no Patroni member of {hosts} answered `patronictl {args}`")
+
+
+def members(hosts: list[str]) -> list[dict]:
+    """`patronictl list` from the first of hosts that answers."""
+    return _patronictl(hosts, "list -f json", json.loads)
+
+
+def _ttl_of(conf: str) -> int:
+    m = re.search(r"^ttl: (\d+)$", conf, re.M)
+    if not m:
+        raise ValueError("no ttl in the dynamic configuration")
+    return int(m.group(1))
 
 
 def ttl(hosts: list[str]) -> int:
     """Patroni's ttl (seconds) in the cluster's dynamic configuration."""
-    for h in hosts:
-        try:
-            conf = on(h, f"{PATRONICTL.format(ver=version(h))} show-config", timeout=60)
-        except (RuntimeError, subprocess.TimeoutExpired):
-            continue
-        m = re.search(r"^ttl: (\d+)$", conf, re.M)
-        if m:
-            return int(m.group(1))
-    raise RuntimeError(f"no Patroni member of {hosts} told its ttl")
+    return _patronictl(hosts, "show-config", _ttl_of)
 
 
 def leader(hosts: list[str], timeout: float = 120) -> str:
