@@ -67,6 +67,23 @@ def test_restore_to_a_named_point_keeps_a_and_b_and_loses_c():
     assert facts("pitr")["restore_point"]["name"] == "molecule-before-c"
 
 
+def test_restore_points_are_recorded_beside_the_repository(host):
+    """Each restore point the role made left its record on the repository host, and a backup was taken after
+    each before it was restored: pgBackRest alone would have started from that one, which ended after the point
+    (PostgreSQL then stops), so the restores above prove the choice of the backup before it."""
+    only(host, MON)
+    folder = host.file("/var/lib/pgbackrest-restore-points")
+    assert (folder.user, folder.mode) == ("postgres", 0o750)
+    info = json.loads(host.check_output("runuser -u postgres -- pgbackrest --output=json info"))
+    backups = {s["name"]: s for s in info}["main"]["backup"]
+    for name in ("molecule-before-c", "molecule-in-place"):
+        f = host.file(f"/var/lib/pgbackrest-restore-points/{name}.json")
+        assert (f.user, f.mode) == ("postgres", 0o640), name
+        record = json.loads(f.content_string)
+        assert record["name"] == name and "/" in record["lsn"], record
+        assert any(b["timestamp"]["start"] > float(record["epoch"]) for b in backups), (name, backups)
+
+
 def test_restored_clusters_listen_on_loopback_only_without_archiving():
     for kind in ("time", "name"):
         r = facts(f"restored-{kind}")

@@ -177,6 +177,18 @@ def test_vectors_survive_a_restart(server):
     assert status == 200 and found["ids"] == [["b"]], found
 
 
+def test_stop_is_a_clean_exit(server):
+    """systemctl stop leaves the unit inactive, not failed (the server returns after SIGTERM)."""
+    base = f"http://{SERVERS[name_of(server)]}:{PORT}"
+    server.run_expect([0], "systemctl stop chromadb.service")
+    try:
+        state = server.check_output("systemctl show -p ActiveState,Result,ExecMainStatus chromadb.service")
+        assert sorted(state.split()) == ["ActiveState=inactive", "ExecMainStatus=0", "Result=success"], state
+    finally:
+        server.run_expect([0], "systemctl start chromadb.service")
+    wait_heartbeat(server, base)
+
+
 def test_snapshot_is_consistent_and_server_comes_back(server):
     base = f"http://{SERVERS[name_of(server)]}:{PORT}"
     assert server.service("chromadb-snapshot.timer").is_enabled
