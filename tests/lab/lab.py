@@ -14,6 +14,7 @@ nothing is added to the machine's own network namespace and the machine's
     down                   remove hosts, engine, relay and namespace (idempotent)
     status                 what runs
     stop|start|cut|heal H  power a host off/on, cut it off the network / reconnect it
+    block H PEER PORT      drop TCP between H and PEER's PORT, both ways (unblock H: all)
     kill H                 pull a host's power cord (SIGKILL to all its processes)
     exec H -- CMD          run a command on a host
 
@@ -573,6 +574,39 @@ def cmd_host(args) -> None:
             f.unlink()
 
 
+BLOCK_CHAIN = "LAB-BLOCK"
+
+
+def host_netns_run(name: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    """A command in a lab host's own network namespace (its container's, not the machine's),
+    run with the machine's tools: the hosts may not change their own network (no CAP_NET_ADMIN)."""
+    pid = docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip()
+    if not pid.isdigit() or pid == "0":
+        sys.exit(f"lab: {name} is not running")
+    return run(["nsenter", f"--net=/proc/{pid}/ns/net", *cmd], check=check, capture=True)
+
+
+def cmd_block(args) -> None:
+    n = args.host
+    if host_netns_run(n, "iptables", "-S", BLOCK_CHAIN, check=False).returncode != 0:
+        host_netns_run(n, "iptables", "-N", BLOCK_CHAIN)
+        host_netns_run(n, "iptables", "-I", "INPUT", "-j", BLOCK_CHAIN)
+        host_netns_run(n, "iptables", "-I", "OUTPUT", "-j", BLOCK_CHAIN)
+    port = str(int(args.port))
+    host_netns_run(n, "iptables", "-A", BLOCK_CHAIN, "-d", args.peer, "-p", "tcp", "--dport", port, "-j", "DROP")
+    host_netns_run(n, "iptables", "-A", BLOCK_CHAIN, "-s", args.peer, "-p", "tcp", "--sport", port, "-j", "DROP")
+
+
+def cmd_unblock(args) -> None:
+    n = args.host
+    if host_netns_run(n, "iptables", "-S", BLOCK_CHAIN, check=False).returncode != 0:
+        return
+    for hook in ("INPUT", "OUTPUT"):
+        host_netns_run(n, "iptables", "-D", hook, "-j", BLOCK_CHAIN)
+    host_netns_run(n, "iptables", "-F", BLOCK_CHAIN)
+    host_netns_run(n, "iptables", "-X", BLOCK_CHAIN)
+
+
 def cmd_exec(args) -> None:
     env = dict(os.environ, DOCKER_HOST=DOCKER_HOST)
     sys.exit(subprocess.run([docker_cli(), "exec", "-i", args.host, *args.cmd], env=env).returncode)
@@ -601,6 +635,14 @@ def main() -> None:
         ph = sub.add_parser(action)
         ph.add_argument("host")
         ph.set_defaults(fn=cmd_host, action=action)
+    pb = sub.add_parser("block", help="drop TCP between a host and PEER:PORT, both ways")
+    pb.add_argument("host")
+    pb.add_argument("peer")
+    pb.add_argument("port")
+    pb.set_defaults(fn=cmd_block)
+    pub = sub.add_parser("unblock", help="remove every block of a host")
+    pub.add_argument("host")
+    pub.set_defaults(fn=cmd_unblock)
     pe = sub.add_parser("exec")
     pe.add_argument("host")
     pe.add_argument("cmd", nargs=argparse.REMAINDER)

@@ -83,6 +83,16 @@ def test_the_partitioned_leader_was_rewound_not_cloned(host):
     assert facts("identity")["db-2"] == recorded  # read before the in-place restore cloned the replicas
 
 
+def test_a_replica_stuck_past_the_fork_was_stopped_by_the_nudge_and_rewound():
+    """side_effect_stuck.yml: B replayed past the point where A's timeline forked off (PostgreSQL said so),
+    patroni-rejoin-nudge on B stopped its PostgreSQL, Patroni rewound it, and it streams from A again."""
+    f = facts("stuck")
+    print(f)
+    assert f["forked_off_logged"], f  # the set-up worked: B could follow neither timeline
+    assert any("replayed past the fork" in line for line in f["nudge"]), f
+    assert any("pg_rewind exit code=0" in line for line in f["rewound"]), f
+
+
 def test_pg_rejoin_cloned_the_member_again():
     f = facts("reclone")
     assert facts("identity")[f["host"]] != f["before"]

@@ -68,7 +68,8 @@ def test_parallel_query_works(host):
 def test_rejoin_nudge_runs_everywhere_and_writes_nothing_while_every_member_streams(host):
     """patroni-rejoin-nudge (roles/postgresql/README.md): its timer on every member, sandboxed; a run on a
     cluster whose members all stream exits cleanly and logs no write (only a member stuck starting, a rewound
-    former leader on an idle cluster, makes the leader commit its one record)."""
+    former leader on an idle cluster, makes the leader commit its one record; only a replica stuck past the fork
+    makes that replica stop its PostgreSQL)."""
     only(host, *DB_HOSTS)
     assert host.service("patroni-rejoin-nudge.timer").is_enabled
     assert host.service("patroni-rejoin-nudge.timer").is_running
@@ -77,3 +78,4 @@ def test_rejoin_nudge_runs_everywhere_and_writes_nothing_while_every_member_stre
     assert host.check_output("systemctl show -p Result --value patroni-rejoin-nudge.service") == "success"
     log = host.check_output(f"journalctl -t patroni-rejoin-nudge --since '{since}' --no-pager -o cat")
     assert "committed one WAL record" not in log and "did not answer" not in log, log
+    assert "Stopping its PostgreSQL" not in log and "pg_ctl stop failed" not in log, log
