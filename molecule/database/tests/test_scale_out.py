@@ -8,6 +8,7 @@ it again at the end, and waits until Patroni has forgotten it.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -42,7 +43,11 @@ def start_marks() -> dict[str, str]:
     return marks
 
 
-def why_restarted(before: dict, after: dict, since: str, playbook_out: str) -> str:
+def dynamic_config() -> str:
+    return node(DB_HOSTS[0]).check_output(f"runuser -u postgres -- patronictl -c {PATRONI_CONFIG} show-config")
+
+
+def why_restarted(before: dict, after: dict, since: str, playbook_out: str, config_before: str) -> str:
     """What a failed 'nothing restarted' check needs to name its cause, most telling first
     (CI shows the first lines only): which marks moved, Patroni's history (a leader change
     shows there), every member's Patroni log lines since the playbook started (a lost leader
@@ -52,6 +57,9 @@ def why_restarted(before: dict, after: dict, since: str, playbook_out: str) -> s
     first = node(DB_HOSTS[0])
     history = first.run(f"runuser -u postgres -- patronictl -c {PATRONI_CONFIG} history").stdout
     out = [f"moved: {moved}", "patronictl history (last 3):", *history.strip().splitlines()[-3:]]
+    # A setting that needs a restart, sent by the playbook, shows in Patroni's dynamic configuration.
+    config_diff = difflib.unified_diff(config_before.splitlines(), dynamic_config().splitlines(), lineterm="", n=0)
+    out += ["dynamic configuration, before -> after the playbook:", *(list(config_diff)[2:] or ["(no change)"])]
 
     def journal(h: str, unit: str, what: str, pattern: str, last: int) -> list[str]:
         """A heading and the last lines of the unit's journal since the playbook began that match."""
@@ -61,7 +69,7 @@ def why_restarted(before: dict, after: dict, since: str, playbook_out: str) -> s
 
     for h in DB_HOSTS:
         out += journal(h, UNIT, "Patroni", r"demot|lock|restart|switchover|failover|promot|timeout|error|not healthy|"
-                                           r"stop|start|exception|fail", 8)
+                                           r"stop|start|exception|fail|changed|pending|reload", 14)
     for h in sorted({k.split(":")[0] for k in moved}):
         out += journal(h, "etcd", "etcd", r"took too long|election|lost|timeout|slow|leader changed|became", 4)
     lines = playbook_out.splitlines()
@@ -70,7 +78,10 @@ def why_restarted(before: dict, after: dict, since: str, playbook_out: str) -> s
         if line.startswith("changed:"):
             task = next((lines[j] for j in range(i, -1, -1) if lines[j].startswith("TASK [")), "?")
             changed.append(f"{task.rstrip(' *')} {line}")
-    return "\n".join([*out, f"changed tasks ({len(changed)}):", *changed[-20:]])
+    # Every changed task by name (the members' own first, db-4's are the expected ones), then the last in full.
+    names = [c for c in dict.fromkeys(c.split(" changed: ")[0] + " [" + c.split("[")[-1] for c in changed)
+             if "db-4" not in c]
+    return "\n".join([*out, f"changed tasks ({len(changed)}), but those of db-4:", *names[:40]])
 
 
 def test_scale_out_adds_a_replica_without_restarting_the_others():
@@ -95,6 +106,7 @@ def test_scale_out_adds_a_replica_without_restarting_the_others():
     scaled = Path(INVENTORY).with_name("scale-out.yml")  # beside it: the same group_vars
     scaled.write_text(yaml.safe_dump(inv))
     before = start_marks()
+    config_before = dynamic_config()
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     try:
         env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
@@ -104,7 +116,7 @@ def test_scale_out_adds_a_replica_without_restarting_the_others():
         assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
 
         after = start_marks()
-        assert after == before, why_restarted(before, after, since, r.stdout)
+        assert after == before, why_restarted(before, after, since, r.stdout, config_before)
 
         db4 = node(NEW["name"], str(scaled))
         assert sql(db4, "SELECT pg_is_in_recovery()") == "t"
